@@ -1,0 +1,223 @@
+"""``unirobust`` command line: train | eval | report | compare | recipes | demo.
+
+User mistakes (:class:`unirobust.errors.UserError`) print one line on stderr and exit with code 2,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from unirobust.errors import ConfigError, UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train accurate and robust classifiers, and measure them honestly.",
+)
+console = Console(stderr=True)
+out = Console()
+
+RECIPE_ROOTS = (Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "recipes")
+
+
+def recipe_files() -> list[Path]:
+    """Recipes shipped in the source tree (``recipes/**.yaml``), first root that exists."""
+    for root in RECIPE_ROOTS:
+        if root.is_dir():
+            return sorted(root.rglob("*.yaml"))
+    return []
+
+
+def resolve_recipe(text: str) -> Path:
+    """A path, or a recipe name such as ``fmnist-generalist`` found under ``recipes/``."""
+    path = Path(text)
+    if path.exists():
+        return path
+    matches = [p for p in recipe_files() if p.stem == text]
+    if len(matches) == 1:
+        return matches[0]
+    names = ", ".join(p.stem for p in recipe_files())
+    raise ConfigError(f"recipe '{text}' is neither a file nor a known recipe name ({names})")
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except UserError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=err.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; resume with --resume RUN_DIR (nothing past the last checkpoint is lost)")
+        raise typer.Exit(code=130) from None
+
+
+def _quiet_default() -> bool:
+    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
+
+
+def _finish(run_dir: Path, evaluate: bool) -> None:
+    """After training on the main process: final evaluation, report, and where to find them."""
+    from unirobust.pipeline import evaluate_run, load_run_config
+    from unirobust.report import format_results_table, write_report
+
+    config = load_run_config(run_dir)
+    if evaluate and config.eval.enabled:
+        summaries = evaluate_run(run_dir, config.eval, progress=not _quiet_default())
+        out.print(format_results_table(summaries), highlight=False)
+    report = write_report(run_dir)
+    out.print(f"run directory: {run_dir}\nreport: {report}", highlight=False)
+
+
+@app.command()
+def train(
+    recipe: Annotated[str | None, typer.Argument(help="Recipe file or name (see 'recipes').")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=3.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/NAME).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    evaluate: Annotated[bool, typer.Option(help="Run the recipe's final evaluation and report.")] = True,
+    quiet: Annotated[bool | None, typer.Option(help="No progress bars (default when not a terminal).")] = None,
+) -> None:
+    """Train a recipe into its own run directory; evaluate and report at the end."""
+
+    def action() -> None:
+        from unirobust.config import load_recipe
+        from unirobust.pipeline import load_run_config
+        from unirobust.pipeline import train as run_train
+
+        if resume is not None:
+            if recipe is not None or set_:
+                raise ConfigError("--resume continues a run with its own config; drop RECIPE/--set")
+            config = load_run_config(resume)
+        elif recipe is None:
+            raise ConfigError("give a RECIPE (file or name from 'unirobust recipes') or --resume RUN")
+        else:
+            config = load_recipe(resolve_recipe(recipe), set_ or [])
+        show = not (quiet if quiet is not None else _quiet_default())
+        run_dir = run_train(config, out=out_dir, resume=resume, progress=show)
+        if int(os.environ.get("RANK", "0")) == 0:
+            _finish(run_dir, evaluate)
+
+    _run(action)
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="Run directory or exported .safetensors model.")],
+    suite: Annotated[str, typer.Option(help="aa-standard | aa-apgd | fast")] = "aa-standard",
+    threats: Annotated[str | None, typer.Option(help="e.g. linf:0.1,l2:1.5,l1:10")] = None,
+    n: Annotated[int, typer.Option(help="First N test points.")] = 1000,
+    batch_size: Annotated[int, typer.Option()] = 500,
+    checkpoint: Annotated[str, typer.Option(help="best, last or best,last (run directories).")] = "best",
+    union_only: Annotated[bool, typer.Option(help="Attack each norm only on points still robust.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Evaluate a model: clean, each threat, union; writes per-sample results next to it."""
+
+    def action() -> None:
+        from unirobust.config import EvalConfig
+        from unirobust.pipeline import evaluate_run
+        from unirobust.report import format_results_table
+        from unirobust.threats import parse_threats
+
+        texts = [str(t) for t in parse_threats(threats)] if threats else []
+        try:
+            spec = EvalConfig(
+                suite=suite, threats=texts, n=n, batch_size=batch_size,
+                checkpoints=[c.strip() for c in checkpoint.split(",")], union_only=union_only,
+            )
+        except Exception as err:  # pydantic ValidationError -> one line
+            first = str(err).splitlines()
+            raise ConfigError(f"bad eval option: {' '.join(first[1:3]).strip()}") from None
+        summaries = evaluate_run(target, spec, progress=not _quiet_default(), seed=seed)
+        out.print(format_results_table(summaries), highlight=False)
+
+    _run(action)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """(Re)write a run's markdown report and figures."""
+
+    def action() -> None:
+        from unirobust.engine.rundir import RunDir
+        from unirobust.report import write_report
+
+        RunDir.open_existing(run_dir)
+        out.print(f"report: {write_report(run_dir)}", highlight=False)
+
+    _run(action)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (seeds of the same recipe are pooled).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where comparison.md/png go.")] = Path("runs/comparison"),
+    checkpoint: Annotated[str, typer.Option()] = "last",
+    title: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Compare runs: mean ± std over seeds, and a clean-vs-robust trade-off plot."""
+
+    def action() -> None:
+        from unirobust.report import compare_runs
+
+        path = compare_runs(run_dirs, out_dir, checkpoint=checkpoint, title=title)
+        out.print(Path(path).read_text(), highlight=False)
+        out.print(f"comparison: {path}", highlight=False)
+
+    _run(action)
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes with their one-line descriptions."""
+    files = recipe_files()
+    if not files:
+        out.print("no recipes found (run from the repository root)")
+        return
+    for path in files:
+        try:
+            description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except yaml.YAMLError:
+            description = "(unreadable YAML)"
+        rel = path.relative_to(path.parents[1]) if len(path.parents) > 1 else path
+        out.print(f"{str(rel):45s} {description}", highlight=False)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-TIME).")] = None,
+    quiet: Annotated[bool | None, typer.Option(help="No progress bars.")] = None,
+) -> None:
+    """The main job: a short Generalist run on Fashion-MNIST, AutoAttack evaluation, report."""
+
+    def action() -> None:
+        from unirobust.config import load_recipe
+        from unirobust.pipeline import train as run_train
+
+        config = load_recipe(resolve_recipe("fmnist-generalist-demo"))
+        target = out_dir or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        show = not (quiet if quiet is not None else _quiet_default())
+        start = time.perf_counter()
+        run_dir = run_train(config, out=target, progress=show)
+        _finish(run_dir, evaluate=True)
+        out.print(f"demo finished in {time.perf_counter() - start:.0f} s", highlight=False)
+
+    _run(action)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

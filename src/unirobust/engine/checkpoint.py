@@ -1,0 +1,217 @@
+"""Checkpoint files: the resumable train state and the exported model weights.
+
+DESIGN.md contracts: a train state holds everything needed to resume bit-exactly on CPU (every
+expert's model and optimizer, the merge rule's EMA/global weights, all RNG states, epoch, step,
+best metric). It is written atomically (temporary file, fsync, ``os.replace``) and read with
+``torch.load(weights_only=True)``, so a checkpoint can never execute code; RNG states are
+converted to tensors and plain lists for that reason.
+
+Exported models are safetensors files whose metadata carries the model recipe, so
+:func:`load_model` rebuilds the network without the run's config. State dicts never carry a
+``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix; loaders strip them (generalist.md §3.5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unirobust.errors import CheckpointError
+
+TRAIN_STATE_FORMAT = "unirobust-train-state"
+MODEL_FORMAT = "unirobust-model"
+FORMAT_VERSION = 1
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``write(tmp_path)`` then rename over ``path``: a kill leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ``module.``/``_orig_mod.`` prefixes so DDP, compiled and official weights load."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under a DDP or torch.compile wrapper."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers, detached and contiguous, without wrapper prefixes."""
+    return {k: v.detach().contiguous() for k, v in unwrap(model).state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states as weights-only data
+
+
+def capture_rng() -> dict[str, Any]:
+    """Global torch, numpy and python RNG states as tensors/lists (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_meta": [str(np_state[0]), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [int(py_state[0]), [int(v) for v in py_state[1]]],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, pos, has_gauss, cached = state["numpy_meta"]
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((name, keys, int(pos), int(has_gauss), float(cached)))
+    version, internal = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Train state
+
+
+def save_train_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a train state dict atomically, tagged with its format and version."""
+    payload = {"format": TRAIN_STATE_FORMAT, "version": FORMAT_VERSION, **state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a train state safely; a missing, corrupted or foreign file is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"no train state at '{path}' (a run saves one after each epoch)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"'{path}' is corrupted or not a torch checkpoint ({first[:160]})")
+    except Exception as err:  # weights_only refuses pickled objects with UnpicklingError
+        raise CheckpointError(
+            f"'{path}' holds objects that are not plain tensors/data; refusing to unpickle it "
+            f"({type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"'{path}' is not a unirobust train state (format tag missing)")
+    if state.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}' has train-state version {state.get('version')}; this unirobust reads "
+            f"version {FORMAT_VERSION}"
+        )
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported model weights
+
+
+def export_model(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+    """Save weights as safetensors with the model recipe in the metadata (for load_model).
+
+    ``metadata`` must hold ``model`` ({name, options}), ``num_classes`` and ``input_shape``.
+    """
+    for key in ("model", "num_classes", "input_shape"):
+        if key not in metadata:
+            raise ValueError(f"export metadata needs '{key}'")
+    meta = {"format": MODEL_FORMAT, "version": str(FORMAT_VERSION)}
+    meta.update({k: json.dumps(v) for k, v in metadata.items()})
+    tensors = {k: v.cpu() for k, v in model_state(model).items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and decoded metadata of an exported model; CheckpointError when not ours."""
+    if not path.is_file():
+        raise CheckpointError(f"no model file at '{path}'")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw_meta = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({err})") from None
+    if raw_meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"'{path}' is a safetensors file without unirobust metadata; rebuild the model in "
+            "Python and load_state_dict it instead"
+        )
+    meta = {k: json.loads(v) for k, v in raw_meta.items() if k not in ("format", "version")}
+    return strip_prefixes(tensors), meta
+
+
+def resolve_model_path(target: Path, checkpoint: str = "best") -> Path:
+    """A run directory -> its ``checkpoints/model_{checkpoint}.safetensors``; a file -> itself."""
+    if target.is_dir():
+        path = target / "checkpoints" / f"model_{checkpoint}.safetensors"
+        if not path.is_file():
+            raise CheckpointError(
+                f"'{target}' has no {path.name} (is it a unirobust run directory that finished "
+                "at least one epoch?)"
+            )
+        return path
+    if not target.exists():
+        raise CheckpointError(f"'{target}' does not exist (give a run directory or a model file)")
+    return target
+
+
+def load_model(
+    target: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild an exported model in eval mode from a run directory or a model file."""
+    from unirobust.models import build_model
+
+    path = resolve_model_path(Path(target), checkpoint)
+    tensors, meta = read_model_file(path)
+    spec = meta["model"]
+    model = build_model(
+        spec["name"],
+        num_classes=int(meta["num_classes"]),
+        input_shape=tuple(meta["input_shape"]),
+        **spec.get("options", {}),
+    )
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"'{path}' does not fit model '{spec['name']}': {first}") from None
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta

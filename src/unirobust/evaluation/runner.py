@@ -1,0 +1,360 @@
+"""Resumable multi-threat evaluation producing a per-sample :class:`EvalResults` table.
+
+:func:`evaluate` classifies the points clean, then, threat by threat, runs an attack suite on the
+clean-correct points in chunks of ``batch_size`` and records per-point robust flags.
+
+**Union-only mode** (multinorm.md §8). Threats are attacked in the order linf, l1, l2 (other norms
+after, each group in the given order), each only on the points still robust under every earlier
+threat. The union accuracy equals the full-mode one whenever the suite is *per-point
+deterministic*: the verdict for a point depends only on that point (its input, label, the model
+and the seed), not on which other points share its batch. Then every point attacked in union-only
+mode gets the same verdict as in full mode, and a point skipped under a later threat was already
+non-robust under an earlier one, so the per-sample AND is the same for every point. The ``fast``
+suite draws its random starts per call from a generator seeded with ``seed`` and so depends on the
+batch composition; with pyautoattack (``aa-*`` suites) the same holds for its random starts (see
+:mod:`unirobust.evaluation.autoattack`). For those suites union-only mode gives the same union
+accuracy only up to the randomness of the starts (statistically, not bit-exactly); bit-exact
+equality needs a per-point deterministic suite (e.g. ``batch_size=1``, where each point is attacked
+alone and its start depends only on the seed). Per-norm robust accuracies are undefined in
+union-only mode and reported as ``None``.
+
+**Resumable state.** With ``state_path`` the evaluation state is written after the clean pass and
+after every (threat, chunk): a single ``.npz`` (no pickle) holding the per-threat columns, the
+number of finished chunks per threat, per-attack counts and a JSON fingerprint (suite, threats,
+seed, batch size, union-only flag, model hash, data hash), replaced atomically (temp file +
+``os.replace``). Re-running the same call resumes after the last finished chunk: chunks are
+recomputed from the stored columns, so they are identical to the uninterrupted run and finished
+chunks are never re-attacked. A state written for a different evaluation is refused
+(``ConfigError``). The state file is kept after completion; calling again returns the finished
+results without attacking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unirobust.attacks.context import attack_mode, preserve_rng
+from unirobust.errors import ConfigError
+from unirobust.evaluation.autoattack import predict
+from unirobust.evaluation.checks import EvaluationWarning, check_black_box, run_sanity_checks
+from unirobust.evaluation.results import (
+    NOT_ATTACKED,
+    EvalResults,
+    _atomic_write_bytes,
+    model_hash,
+)
+from unirobust.evaluation.suites import Suite, get_suite
+from unirobust.threats import ThreatModel, parse_threat, parse_threats
+
+__all__ = ["UNION_ORDER", "evaluate", "order_threats"]
+
+#: Attack order of union-only mode (multinorm.md §8); other norms follow.
+UNION_ORDER = ("linf", "l1", "l2")
+_STATE_VERSION = 1
+
+ChunkCallback = Callable[[str, int, int], None]
+
+
+def _as_threats(threats: str | ThreatModel | Sequence[str | ThreatModel]) -> list[ThreatModel]:
+    if isinstance(threats, str):
+        return parse_threats(threats)
+    if isinstance(threats, ThreatModel):
+        return [threats]
+    out = [parse_threat(t) if isinstance(t, str) else t for t in threats]
+    if not out:
+        raise ConfigError("no threat models given: pass e.g. 'linf:8/255,l2:0.5,l1:12'")
+    specs = [str(t) for t in out]
+    dupes = sorted({s for s in specs if specs.count(s) > 1})
+    if dupes:
+        raise ConfigError(f"duplicate threat(s) {dupes}: list each threat once")
+    return out
+
+
+def order_threats(threats: Sequence[ThreatModel], union_only: bool) -> list[ThreatModel]:
+    """Evaluation order: as given, or linf, l1, l2, then others (stable) in union-only mode."""
+    if not union_only:
+        return list(threats)
+    rank = {norm: i for i, norm in enumerate(UNION_ORDER)}
+    return sorted(threats, key=lambda t: rank.get(t.norm, len(UNION_ORDER)))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _data_hash(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest.update(y.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    digest.update(indices.astype(np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _State:
+    """In-memory evaluation state mirrored to an ``.npz`` file (see module docstring)."""
+
+    def __init__(
+        self,
+        fingerprint: dict[str, Any],
+        clean_correct: np.ndarray,
+        specs: list[str],
+        attacks: list[str],
+    ) -> None:
+        n = clean_correct.size
+        self.fingerprint = fingerprint
+        self.clean_correct = clean_correct
+        self.robust = np.full((len(specs), n), NOT_ATTACKED, dtype=np.int8)
+        self.robust[:, ~clean_correct] = 0
+        self.chunks_done = np.zeros(len(specs), dtype=np.int64)
+        self.attacks = attacks
+        self.fooled_counts = np.zeros((len(specs), len(attacks)), dtype=np.int64)
+        self.wall_time_s = 0.0
+
+    def save(self, path: Path | None) -> None:
+        if path is None:
+            return
+        meta = {
+            "version": _STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "attacks": self.attacks,
+            "wall_time_s": self.wall_time_s,
+        }
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            meta=np.array(json.dumps(meta, sort_keys=True)),
+            clean_correct=self.clean_correct,
+            robust=self.robust,
+            chunks_done=self.chunks_done,
+            fooled_counts=self.fooled_counts,
+        )
+        _atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: dict[str, Any], specs: list[str]) -> _State:
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                meta = json.loads(str(arrays["meta"]))
+                clean_correct = arrays["clean_correct"].astype(bool)
+                robust = arrays["robust"].astype(np.int8)
+                chunks_done = arrays["chunks_done"].astype(np.int64)
+                fooled_counts = arrays["fooled_counts"].astype(np.int64)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot read evaluation state {path}: {exc}") from None
+        if meta.get("version") != _STATE_VERSION or meta.get("fingerprint") != fingerprint:
+            stored = meta.get("fingerprint", {})
+            diff = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
+            raise ConfigError(
+                f"evaluation state {path} was written for a different evaluation "
+                f"(differs in: {', '.join(diff) or 'version'}); use another state_path or delete it"
+            )
+        state = cls(fingerprint, clean_correct, specs, list(meta["attacks"]))
+        state.robust = robust
+        state.chunks_done = chunks_done
+        state.fooled_counts = fooled_counts
+        state.wall_time_s = float(meta["wall_time_s"])
+        return state
+
+
+def evaluate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: Sequence[int] | np.ndarray | torch.Tensor | None,
+    *,
+    threats: str | ThreatModel | Sequence[str | ThreatModel],
+    suite: str | Suite,
+    batch_size: int = 500,
+    union_only: bool = False,
+    seed: int = 0,
+    state_path: Path | str | None = None,
+    progress: bool = False,
+    dataset: str = "",
+    split: str = "test",
+    on_chunk: ChunkCallback | None = None,
+    sanity_checks: bool = True,
+) -> EvalResults:
+    """Evaluate ``model`` on ``(x, y)`` under every threat with an attack suite.
+
+    Args:
+        model: classifier returning logits for inputs in [0,1]; its mode and parameter
+            ``requires_grad`` flags are restored, the global RNG is untouched.
+        x, y: points (N, C, H, W) in [0,1] and int labels (N,).
+        indices: original dataset indices of the points (``None``: 0..N-1), stored per sample.
+        threats: ``"linf:8/255,l2:0.5,l1:12"``, a ThreatModel or a list of either.
+        suite: ``"aa-apgd"``, ``"aa-standard"``, ``"fast"`` or a :class:`Suite`.
+        batch_size: points per attack chunk (also the state-saving granularity).
+        union_only: attack linf, l1, l2 in turn, each only on points robust so far; per-norm
+            accuracies are then undefined (``None``).
+        seed: attack seed, passed to every chunk.
+        state_path: ``.npz`` file for resumable state (see the module docstring).
+        progress: print one line per finished chunk to stderr.
+        dataset, split: recorded in the results.
+        on_chunk: ``callback(threat_spec, chunk_index, n_chunks)`` called after each finished
+            chunk has been saved (used for progress hooks and to simulate interruptions).
+        sanity_checks: run :func:`~unirobust.evaluation.checks.run_sanity_checks` on the first
+            batch (warnings only).
+
+    Returns:
+        :class:`EvalResults` with one row per point.
+    """
+    suite_obj = get_suite(suite)
+    threat_list = order_threats(_as_threats(threats), union_only)
+    specs = [str(t) for t in threat_list]
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    n = int(x.shape[0])
+    if int(y.shape[0]) != n:
+        raise ConfigError(f"{n} inputs but {int(y.shape[0])} labels")
+    if indices is None:
+        idx_np = np.arange(n, dtype=np.int64)
+    else:
+        idx_np = np.asarray(
+            indices.cpu().numpy() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64
+        ).reshape(-1)
+    if idx_np.size != n:
+        raise ConfigError(f"{n} inputs but {idx_np.size} indices")
+    state_file = Path(state_path) if state_path is not None else None
+
+    session_start = time.perf_counter()
+    device = _model_device(model)
+    x = x.detach().to(torch.float32)
+    y = y.detach().to(torch.long)
+    labels = y.cpu().numpy().astype(np.int64)
+
+    mhash = model_hash(model)
+    fingerprint = {
+        "suite": suite_obj.name,
+        "threats": specs,
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "union_only": bool(union_only),
+        "model_hash": mhash,
+        "data_hash": _data_hash(x, y, idx_np),
+        "n_points": n,
+    }
+
+    with preserve_rng(), attack_mode(model):
+        clean_pred = (
+            torch.cat(
+                [
+                    predict(model, x[i : i + batch_size].to(device), batch_size).cpu()
+                    for i in range(0, n, batch_size)
+                ]
+            )
+            if n
+            else torch.zeros(0, dtype=torch.long)
+        )
+    clean_correct = (clean_pred == y.cpu()).numpy()
+
+    if state_file is not None and state_file.exists():
+        state = _State.load(state_file, fingerprint, specs)
+        if not np.array_equal(state.clean_correct, clean_correct):
+            raise ConfigError(
+                f"evaluation state {state_file}: clean predictions differ from the stored ones "
+                "(is the model stochastic?)"
+            )
+    else:
+        state = _State(fingerprint, clean_correct, specs, list(suite_obj.attacks))
+        state.save(state_file)
+
+    all_done = all(
+        state.chunks_done[t] >= _n_chunks(_active(state, t, union_only), batch_size)
+        for t in range(len(specs))
+    )
+    if sanity_checks and n and not all_done:
+        m = min(n, batch_size, 200)
+        run_sanity_checks(model, x[:m].to(device), y[:m].to(device))
+
+    session_chunk_time = 0.0
+    for t, threat in enumerate(threat_list):
+        active_idx = np.nonzero(_active(state, t, union_only))[0]
+        n_chunks = _n_chunks(active_idx, batch_size)
+        for k in range(int(state.chunks_done[t]), n_chunks):
+            chunk_start = time.perf_counter()
+            rows = active_idx[k * batch_size : (k + 1) * batch_size]
+            rows_t = torch.as_tensor(rows, dtype=torch.long)
+            out = suite_obj.run(
+                model,
+                x[rows_t].to(device),
+                y[rows_t].to(device),
+                threat,
+                seed=seed,
+                batch_size=batch_size,
+            )
+            robust_rows = out.robust.detach().cpu().numpy().astype(bool)
+            state.robust[t, rows] = robust_rows.astype(np.int8)
+            for a, name in enumerate(state.attacks):
+                if name in out.fooled_by:
+                    state.fooled_counts[t, a] += int(out.fooled_by[name].sum())
+            state.chunks_done[t] = k + 1
+            chunk_time = time.perf_counter() - chunk_start
+            session_chunk_time += chunk_time
+            state.wall_time_s += chunk_time
+            state.save(state_file)
+            if progress:
+                print(
+                    f"[unirobust eval] {suite_obj.name} {threat}: chunk {k + 1}/{n_chunks} "
+                    f"({rows.size} points, {int(robust_rows.sum())} robust)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if on_chunk is not None:
+                on_chunk(specs[t], k, n_chunks)
+            if k + 1 == n_chunks:
+                counts = {
+                    name: int(state.fooled_counts[t, a]) for a, name in enumerate(state.attacks)
+                }
+                message = check_black_box(counts, n)
+                if message:
+                    warnings.warn(f"{threat}: {message}", EvaluationWarning, stacklevel=2)
+
+    # Add this session's overhead (clean pass, checks, io) to the summed chunk times.
+    state.wall_time_s += (time.perf_counter() - session_start) - session_chunk_time
+    state.save(state_file)
+    return EvalResults(
+        indices=idx_np,
+        labels=labels,
+        clean_correct=clean_correct,
+        robust={spec: state.robust[t].copy() for t, spec in enumerate(specs)},
+        suite=suite_obj.name,
+        threats=specs,
+        threat_labels=[t.label for t in threat_list],
+        model_hash=mhash,
+        dataset=dataset,
+        split=split,
+        seed=int(seed),
+        batch_size=int(batch_size),
+        union_only=bool(union_only),
+        wall_time_s=float(state.wall_time_s),
+    )
+
+
+def _active(state: _State, t: int, union_only: bool) -> np.ndarray:
+    """Points attacked under threat ``t``: clean-correct, and in union-only mode robust (1) under
+    every earlier threat (earlier columns are complete when threat ``t`` starts)."""
+    active = state.clean_correct.copy()
+    if union_only:
+        for earlier in range(t):
+            active &= state.robust[earlier] == 1
+    return active
+
+
+def _n_chunks(active: np.ndarray, batch_size: int) -> int:
+    count = int(active.sum()) if active.dtype == bool else int(active.size)
+    return (count + batch_size - 1) // batch_size

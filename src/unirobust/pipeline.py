@@ -1,0 +1,194 @@
+"""High-level entry points shared by the CLI and the Python API: train, evaluate, report.
+
+``train`` builds everything from a recipe, runs the Trainer in a fresh (or resumed) run
+directory and returns its path. ``evaluate_run`` attacks the exported global model on the *test*
+split (the only place the test set is touched) and writes per-sample results and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unirobust.build import build_experts, build_model_for, expand_experts
+from unirobust.config import EvalConfig, RunConfig, config_to_dict, validate_recipe
+from unirobust.engine.checkpoint import load_model
+from unirobust.engine.distributed import init_distributed, shutdown_distributed
+from unirobust.engine.rundir import RunDir
+from unirobust.engine.trainer import Trainer
+from unirobust.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable device is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a torch device (use cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for but CUDA is not available here; use cpu")
+    return device
+
+
+def load_data(config: RunConfig, device: torch.device | str = "cpu"):
+    from unirobust.data import load_dataset
+
+    d = config.data
+    return load_dataset(
+        d.name, data_dir=d.data_dir, n_train=d.n_train, n_test=d.n_test,
+        val_size=d.val_size, seed=config.seed, device=device,
+    )
+
+
+def train(
+    config: RunConfig,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> Path:
+    """Train a recipe into a new run directory (``runs/<name>`` unless ``out``), or resume one."""
+    from unirobust.data import Augment, BatchLoader
+
+    device = resolve_device(config.device)
+    n_experts = len(expand_experts(config))
+    ctx = init_distributed(config.train.distributed.mode, n_experts, device)
+    try:
+        if resume is not None:
+            run = RunDir.open_existing(Path(resume))
+        else:
+            root = Path(out) if out is not None else Path("runs") / config.name
+            if ctx.is_main:
+                run = RunDir.create(root, config_to_dict(config))
+            ctx.barrier()
+            run = RunDir(root)
+        bundle = load_data(config, device)
+        torch.manual_seed(config.seed)
+        initial = build_model_for(config, bundle.num_classes, bundle.input_shape)
+        built = build_experts(
+            config, initial, device, ctx.local_experts, ctx.grad_sync(), ctx.mix_all_reduce()
+        )
+        aug = config.data.augment
+        loader = BatchLoader(
+            bundle.train, config.data.batch_size, shuffle=True, seed=config.seed,
+            augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip), device=device,
+        )
+        if ctx.enabled:
+            loader = loader.shard(ctx.replica, ctx.replicas)
+        val_data = None
+        if bundle.val is not None and len(bundle.val) > 0:
+            n = config.validation.n or len(bundle.val)
+            val_data = (bundle.val.x[:n].to(device), bundle.val.y[:n].to(device))
+        meta = {
+            "model": {"name": config.model.name, "options": config.model.options},
+            "num_classes": bundle.num_classes,
+            "input_shape": list(bundle.input_shape),
+            "dataset": config.data.name,
+            "data_dir": config.data.data_dir,
+            "run": config.name,
+        }
+        trainer = Trainer(config, run, built, loader, val_data, meta, ctx, progress=progress)
+        if resume is not None:
+            trainer.resume()
+            if ctx.is_main:
+                run.truncate_after_epoch(trainer.state.epoch)
+                run.log({"event": "resume", "epoch": trainer.state.epoch})
+        trainer.fit(stop_after_epoch=stop_after_epoch)
+        return run.root
+    finally:
+        shutdown_distributed()
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    run = RunDir.open_existing(run_dir)
+    return validate_recipe(run.read_config(), str(run.config_path))
+
+
+def evaluate_run(
+    target: str | Path,
+    spec: EvalConfig | None = None,
+    *,
+    progress: bool = False,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Evaluate a run's exported checkpoints (or one model file) on the test split.
+
+    Writes ``eval/<checkpoint>-<suite>.{npz,json}`` (per sample, so union and subsets are
+    recomputed, never re-attacked) and logs a ``final_eval`` event. Returns the summaries.
+    """
+    from unirobust.analysis.calibration import calibration_metrics, fit_temperature
+    from unirobust.data import load_dataset
+    from unirobust.evaluation import evaluate
+
+    target = Path(target)
+    is_run = target.is_dir()
+    config = load_run_config(target) if is_run else None
+    spec = spec or (config.eval if config else EvalConfig())
+    threat_texts = spec.threats or (config.validation.threats if config else [])
+    if not threat_texts:
+        raise ConfigError("no threats to evaluate: pass --threats, e.g. linf:0.1,l2:1.5,l1:10")
+    from unirobust.threats import parse_threat
+
+    threats = [parse_threat(t) for t in threat_texts]
+    checkpoints = list(spec.checkpoints) if is_run else ["file"]
+    summaries = []
+    for which in checkpoints:
+        model, meta = load_model(target, which if is_run else "best")
+        data_seed = config.seed if config else 0
+        bundle = load_dataset(
+            meta.get("dataset", "fashion_mnist"), data_dir=meta.get("data_dir"),
+            n_test=spec.n, val_size=config.data.val_size if config else 0, seed=data_seed,
+        )
+        test = bundle.test
+        out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{which}-{spec.suite}{'-union_only' if spec.union_only else ''}"
+        start = time.perf_counter()
+        results = evaluate(
+            model, test.x, test.y, test.indices, threats=threats, suite=spec.suite,
+            batch_size=spec.batch_size, union_only=spec.union_only, seed=seed,
+            state_path=out_dir / f".{stem}.state", progress=progress,
+            dataset=bundle.name, split="test",
+        )
+        paths = results.save(out_dir / stem)
+        summary_path = Path(next(p for p in paths if str(p).endswith(".json")))
+        summary = json.loads(summary_path.read_text())
+        summary["checkpoint"] = which
+        summary["model_path"] = meta["path"]
+        if spec.calibration:
+            summary["calibration"] = _calibration(model, bundle, calibration_metrics, fit_temperature)
+        summary["wall_time_s"] = round(time.perf_counter() - start, 2)
+        summary_path.write_text(json.dumps(summary, indent=2))
+        if is_run:
+            RunDir(target).log(
+                {"event": "final_eval", "checkpoint": which,
+                 "summary_path": str(summary_path.relative_to(target))}
+            )
+        summaries.append(summary)
+    return summaries
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _calibration(model, bundle, calibration_metrics, fit_temperature) -> dict[str, Any]:
+    """Test-set calibration, and temperature scaling fitted on the validation split only."""
+    logits = _logits(model, bundle.test.x)
+    out = dict(calibration_metrics(logits, bundle.test.y))
+    if bundle.val is not None and len(bundle.val) > 0:
+        temperature = float(fit_temperature(_logits(model, bundle.val.x), bundle.val.y))
+        scaled = calibration_metrics(logits / temperature, bundle.test.y)
+        out["temperature"] = temperature
+        out["ece_scaled"] = float(scaled["ece"])
+        out["nll_scaled"] = float(scaled["nll"])
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in out.items()}
