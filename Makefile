@@ -28,7 +28,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

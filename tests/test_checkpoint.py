@@ -35,7 +35,9 @@ def test_train_state_round_trip_with_optimizer(tmp_path: Path) -> None:
     state = load_train_state(path)
     assert state["epoch"] == 2
     assert torch.equal(state["model"]["weight"], model.weight)
-    assert torch.equal(state["opt"]["state"][0]["momentum_buffer"], opt.state[model.weight]["momentum_buffer"])
+    assert torch.equal(
+        state["opt"]["state"][0]["momentum_buffer"], opt.state[model.weight]["momentum_buffer"]
+    )
 
 
 def test_rng_capture_restore_is_exact() -> None:
@@ -69,8 +71,10 @@ def test_corrupted_foreign_and_pickled_files_are_refused(tmp_path: Path) -> None
             return (print, ("pwned",))
 
     evil = tmp_path / "e.pt"
-    torch.save({"format": "unirobust-train-state", "version": 1, "x": Evil()}, evil, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="refusing|corrupted"):
+    torch.save(
+        {"format": "unirobust-train-state", "version": 1, "x": Evil()}, evil, pickle_module=pickle
+    )
+    with pytest.raises(CheckpointError, match=r"refusing|corrupted"):
         load_train_state(evil)
     with pytest.raises(CheckpointError, match="no train state"):
         load_train_state(tmp_path / "missing.pt")

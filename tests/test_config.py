@@ -62,7 +62,7 @@ def test_bad_values_say_what_is_allowed(path: list, value: object, needle: str) 
 def test_bad_threat_and_missing_threat() -> None:
     data = tiny_recipe()
     data["train"]["experts"][0]["objective"] = {"name": "pgd_at", "threat": "linf:-1"}
-    with pytest.raises(ConfigError, match="linf:-1|radius|eps"):
+    with pytest.raises(ConfigError, match=r"linf:-1|radius|eps"):
         validate_recipe(data)
     data["train"]["experts"][0]["objective"] = {"name": "pgd_at"}
     with pytest.raises(ConfigError, match="needs a threat"):
@@ -108,7 +108,7 @@ def test_overrides(tmp_path: Path) -> None:
     assert config.train.epochs == 7
     assert config.train.experts[0].lr_schedule["value"] == 0.2
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
         parse_override("novalue")
     with pytest.raises(ConfigError, match="index"):
         apply_override({"x": [1]}, ["x", "4"], 2)

@@ -44,7 +44,11 @@ def test_resume_is_bitwise_exact(tmp_path: Path, make) -> None:
         {k: v for k, v in a["merge"].items() if isinstance(v, torch.Tensor)},
         {k: v for k, v in b["merge"].items() if isinstance(v, torch.Tensor)},
     )
-    epochs = [r["epoch"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines()) if r["event"] == "epoch"]
+    epochs = [
+        r["epoch"]
+        for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())
+        if r["event"] == "epoch"
+    ]
     assert epochs == [1, 2, 3]
 
 
@@ -66,7 +70,10 @@ def test_metrics_and_best_selected_on_validation(tmp_path: Path) -> None:
     assert len(epochs) == 3
     for r in epochs:
         assert set(r["train"]) == {"robust", "natural"}
-        assert 0 <= r["val"]["clean_acc"] <= 1 and 0 <= r["val"]["robust_acc"] <= r["val"]["clean_acc"] + 1e-9
+        assert (
+            0 <= r["val"]["clean_acc"] <= 1
+            and 0 <= r["val"]["robust_acc"] <= r["val"]["clean_acc"] + 1e-9
+        )
         assert r["mix_weights"]["robust"] + r["mix_weights"]["natural"] == pytest.approx(1.0)
     selects = [r["val"]["select"] for r in epochs]
     best = max(range(3), key=lambda i: (selects[i], -i))
@@ -103,7 +110,9 @@ def test_nan_loss_stops_before_the_update() -> None:
     model = torch.nn.Linear(4, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     expert = Expert(
-        name="e", model=model, objective=_NanObjective(),
+        name="e",
+        model=model,
+        objective=_NanObjective(),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         lr_schedule=build_schedule({"kind": "constant", "value": 0.1}),
     )

@@ -38,7 +38,11 @@ def expand_experts(config: RunConfig) -> list[ExpertConfig]:
         return list(train.experts)
     g = train.generalist
     lr = {"kind": "generalist", "values": list(g.lr_values), "granularity": g.schedule_granularity}
-    beta = {"kind": "generalist", "values": list(g.beta_values), "granularity": g.schedule_granularity}
+    beta = {
+        "kind": "generalist",
+        "values": list(g.beta_values),
+        "granularity": g.schedule_granularity,
+    }
     one_minus = {**beta, "values": [1.0 - b for b in g.beta_values]}
 
     def sgd(weight_decay: float) -> OptimizerConfig:
@@ -46,8 +50,12 @@ def expand_experts(config: RunConfig) -> list[ExpertConfig]:
 
     def pgd_at(threat: str, step: float | None) -> ObjectiveConfig:
         return ObjectiveConfig(
-            name="pgd_at", threat=threat, attack="pgd", steps=g.attack_steps,
-            step_size=step, random_start=True,
+            name="pgd_at",
+            threat=threat,
+            attack="pgd",
+            steps=g.attack_steps,
+            step_size=step,
+            random_start=True,
         )
 
     robust = ExpertConfig(
@@ -139,15 +147,21 @@ def build_objective(spec: ObjectiveConfig, generator: torch.Generator):
     threat = parse_threat(spec.threat or "")
     if spec.name == "pgd_at":
         return PgdAT(
-            threat, attack=spec.attack, steps=spec.steps, step_size=spec.step_size,
-            random_start=spec.random_start, generator=generator,
+            threat,
+            attack=spec.attack,
+            steps=spec.steps,
+            step_size=spec.step_size,
+            random_start=spec.random_start,
+            generator=generator,
         )
     return Trades(
         threat, beta=spec.beta, steps=spec.steps, step_size=spec.step_size, generator=generator
     )
 
 
-def build_optimizer(model: nn.Module, spec: OptimizerConfig) -> tuple[torch.optim.Optimizer, list[bool]]:
+def build_optimizer(
+    model: nn.Module, spec: OptimizerConfig
+) -> tuple[torch.optim.Optimizer, list[bool]]:
     """Parameter groups: decayed, then (if ``no_decay``) names matching a substring at wd 0.
 
     Returns the optimizer and which groups follow the lr schedule (all, unless
@@ -184,7 +198,9 @@ class Built:
     expert_indices: list[int]
 
 
-def build_model_for(config: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+def build_model_for(
+    config: RunConfig, num_classes: int, input_shape: tuple[int, int, int]
+) -> nn.Module:
     from unirobust.models import build_model
 
     return build_model(

@@ -25,7 +25,7 @@ app = typer.Typer(
     help="Train accurate and robust classifiers, and measure them honestly.",
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 RECIPE_ROOTS = (Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "recipes")
 
@@ -57,7 +57,9 @@ def _run(action: Callable[[], Any]) -> Any:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=err.exit_code) from None
     except KeyboardInterrupt:
-        console.print("interrupted; resume with --resume RUN_DIR (nothing past the last checkpoint is lost)")
+        console.print(
+            "interrupted; resume with --resume RUN_DIR (nothing past the last checkpoint is lost)"
+        )
         raise typer.Exit(code=130) from None
 
 
@@ -80,12 +82,22 @@ def _finish(run_dir: Path, evaluate: bool) -> None:
 
 @app.command()
 def train(
-    recipe: Annotated[str | None, typer.Argument(help="Recipe file or name (see 'recipes').")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=3.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/NAME).")] = None,
+    recipe: Annotated[
+        str | None, typer.Argument(help="Recipe file or name (see 'recipes').")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=3.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/NAME).")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
-    evaluate: Annotated[bool, typer.Option(help="Run the recipe's final evaluation and report.")] = True,
-    quiet: Annotated[bool | None, typer.Option(help="No progress bars (default when not a terminal).")] = None,
+    evaluate: Annotated[
+        bool, typer.Option(help="Run the recipe's final evaluation and report.")
+    ] = True,
+    quiet: Annotated[
+        bool | None, typer.Option(help="No progress bars (default when not a terminal).")
+    ] = None,
 ) -> None:
     """Train a recipe into its own run directory; evaluate and report at the end."""
 
@@ -99,7 +111,9 @@ def train(
                 raise ConfigError("--resume continues a run with its own config; drop RECIPE/--set")
             config = load_run_config(resume)
         elif recipe is None:
-            raise ConfigError("give a RECIPE (file or name from 'unirobust recipes') or --resume RUN")
+            raise ConfigError(
+                "give a RECIPE (file or name from 'unirobust recipes') or --resume RUN"
+            )
         else:
             config = load_recipe(resolve_recipe(recipe), set_ or [])
         show = not (quiet if quiet is not None else _quiet_default())
@@ -117,8 +131,12 @@ def eval_(
     threats: Annotated[str | None, typer.Option(help="e.g. linf:0.1,l2:1.5,l1:10")] = None,
     n: Annotated[int, typer.Option(help="First N test points.")] = 1000,
     batch_size: Annotated[int, typer.Option()] = 500,
-    checkpoint: Annotated[str, typer.Option(help="best, last or best,last (run directories).")] = "best",
-    union_only: Annotated[bool, typer.Option(help="Attack each norm only on points still robust.")] = False,
+    checkpoint: Annotated[
+        str, typer.Option(help="best, last or best,last (run directories).")
+    ] = "best",
+    union_only: Annotated[
+        bool, typer.Option(help="Attack each norm only on points still robust.")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Evaluate a model: clean, each threat, union; writes per-sample results next to it."""
@@ -132,8 +150,12 @@ def eval_(
         texts = [str(t) for t in parse_threats(threats)] if threats else []
         try:
             spec = EvalConfig(
-                suite=suite, threats=texts, n=n, batch_size=batch_size,
-                checkpoints=[c.strip() for c in checkpoint.split(",")], union_only=union_only,
+                suite=suite,
+                threats=texts,
+                n=n,
+                batch_size=batch_size,
+                checkpoints=[c.strip() for c in checkpoint.split(",")],
+                union_only=union_only,
             )
         except Exception as err:  # pydantic ValidationError -> one line
             first = str(err).splitlines()
@@ -160,8 +182,12 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> N
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (seeds of the same recipe are pooled).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where comparison.md/png go.")] = Path("runs/comparison"),
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories (seeds of the same recipe are pooled).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where comparison.md/png go.")] = Path(
+        "runs/comparison"
+    ),
     checkpoint: Annotated[str, typer.Option()] = "last",
     title: Annotated[str, typer.Option()] = "",
 ) -> None:
@@ -190,12 +216,14 @@ def recipes() -> None:
         except yaml.YAMLError:
             description = "(unreadable YAML)"
         rel = path.relative_to(path.parents[1]) if len(path.parents) > 1 else path
-        out.print(f"{str(rel):45s} {description}", highlight=False)
+        out.print(f"{rel!s:45s} {description}", highlight=False)
 
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-TIME).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/demo-TIME).")
+    ] = None,
     quiet: Annotated[bool | None, typer.Option(help="No progress bars.")] = None,
 ) -> None:
     """The main job: a short Generalist run on Fashion-MNIST, AutoAttack evaluation, report."""

@@ -306,7 +306,9 @@ def _list_index(node: list[Any], part: str, where: list[str]) -> int:
 def validate_recipe(data: Any, source: str = "<recipe>") -> RunConfig:
     """Validate a parsed recipe; raise :class:`ConfigError` with one line per the first error."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}"
+        )
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as err:

@@ -30,7 +30,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device '{name}' is not a torch device (use cpu, cuda, cuda:1, auto)") from None
+        raise ConfigError(
+            f"device '{name}' is not a torch device (use cpu, cuda, cuda:1, auto)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for but CUDA is not available here; use cpu")
     return device
@@ -41,8 +43,13 @@ def load_data(config: RunConfig, device: torch.device | str = "cpu"):
 
     d = config.data
     return load_dataset(
-        d.name, data_dir=d.data_dir, n_train=d.n_train, n_test=d.n_test,
-        val_size=d.val_size, seed=config.seed, device=device,
+        d.name,
+        data_dir=d.data_dir,
+        n_train=d.n_train,
+        n_test=d.n_test,
+        val_size=d.val_size,
+        seed=config.seed,
+        device=device,
     )
 
 
@@ -77,8 +84,12 @@ def train(
         )
         aug = config.data.augment
         loader = BatchLoader(
-            bundle.train, config.data.batch_size, shuffle=True, seed=config.seed,
-            augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip), device=device,
+            bundle.train,
+            config.data.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip),
+            device=device,
         )
         if ctx.enabled:
             loader = loader.shard(ctx.replica, ctx.replicas)
@@ -143,8 +154,11 @@ def evaluate_run(
         model, meta = load_model(target, which if is_run else "best")
         data_seed = config.seed if config else 0
         bundle = load_dataset(
-            meta.get("dataset", "fashion_mnist"), data_dir=meta.get("data_dir"),
-            n_test=spec.n, val_size=config.data.val_size if config else 0, seed=data_seed,
+            meta.get("dataset", "fashion_mnist"),
+            data_dir=meta.get("data_dir"),
+            n_test=spec.n,
+            val_size=config.data.val_size if config else 0,
+            seed=data_seed,
         )
         test = bundle.test
         out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
@@ -152,24 +166,37 @@ def evaluate_run(
         stem = f"{which}-{spec.suite}{'-union_only' if spec.union_only else ''}"
         start = time.perf_counter()
         results = evaluate(
-            model, test.x, test.y, test.indices, threats=threats, suite=spec.suite,
-            batch_size=spec.batch_size, union_only=spec.union_only, seed=seed,
-            state_path=out_dir / f".{stem}.state", progress=progress,
-            dataset=bundle.name, split="test",
+            model,
+            test.x,
+            test.y,
+            test.indices,
+            threats=threats,
+            suite=spec.suite,
+            batch_size=spec.batch_size,
+            union_only=spec.union_only,
+            seed=seed,
+            state_path=out_dir / f".{stem}.state",
+            progress=progress,
+            dataset=bundle.name,
+            split="test",
         )
-        paths = results.save(out_dir / stem)
-        summary_path = Path(next(p for p in paths if str(p).endswith(".json")))
+        _, summary_path = results.save(out_dir, stem=stem)
         summary = json.loads(summary_path.read_text())
         summary["checkpoint"] = which
         summary["model_path"] = meta["path"]
         if spec.calibration:
-            summary["calibration"] = _calibration(model, bundle, calibration_metrics, fit_temperature)
+            summary["calibration"] = _calibration(
+                model, bundle, calibration_metrics, fit_temperature
+            )
         summary["wall_time_s"] = round(time.perf_counter() - start, 2)
         summary_path.write_text(json.dumps(summary, indent=2))
         if is_run:
             RunDir(target).log(
-                {"event": "final_eval", "checkpoint": which,
-                 "summary_path": str(summary_path.relative_to(target))}
+                {
+                    "event": "final_eval",
+                    "checkpoint": which,
+                    "summary_path": str(summary_path.relative_to(target)),
+                }
             )
         summaries.append(summary)
     return summaries

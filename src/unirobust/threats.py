@@ -1,9 +1,9 @@
 """Threat models: the only place that knows the geometry of a norm (multinorm.md §1).
 
-A threat model is a small frozen value object: a norm id (``linf``, ``l2`` or ``l1``) and a radius
-``eps`` in [0,1]-pixel units. It knows how to project a candidate onto the feasible set
-B_p(x, eps) ∩ [0,1]^d, how to draw a random feasible start, which steepest-ascent step belongs to the
-norm, and how to measure a perturbation. Attacks are written once against this interface.
+A threat model is a small frozen value object: a norm id (``linf``, ``l2`` or ``l1``) and a
+radius ``eps`` in [0,1]-pixel units. It knows how to project a candidate onto the feasible set
+B_p(x, eps) ∩ [0,1]^d, how to draw a random feasible start, which steepest-ascent step belongs to
+the norm, and how to measure a perturbation. Attacks are written once against this interface.
 
 Everything is batched over the first dimension; nothing syncs with the host.
 """
@@ -412,8 +412,7 @@ def parse_threat(text: str) -> ThreatModel:
     norm = norm_text.lower()
     if norm not in _CLASSES:
         raise ConfigError(
-            f"unknown norm {norm_text!r} in threat {text!r}: allowed norms are "
-            f"{', '.join(NORMS)}"
+            f"unknown norm {norm_text!r} in threat {text!r}: allowed norms are {', '.join(NORMS)}"
         )
     if not radius_text:
         raise ConfigError(f"malformed threat {text!r}: missing radius after ':'")

@@ -238,7 +238,7 @@ def _single_eval_run(
     # starting from the previous stage's best point (AutoAttack ``decr_eps_pgd``).
     x_init = threat.with_eps(epss[0]).random_start(x, gen)
     result = None
-    for eps_stage, n_stage in zip(epss, iters):
+    for eps_stage, n_stage in zip(epss, iters, strict=True):
         stage = threat.with_eps(eps_stage)
         x_init = stage.project(x, x_init)
         sp = _l0(x_init - x)
@@ -287,9 +287,7 @@ def apgd(
     if use_largereps is None:
         use_largereps = threat.norm == "l1"
     if use_largereps and threat.norm != "l1":
-        raise ConfigError(
-            f"use_largereps=True is only defined for l1 threats, got {threat.norm!r}"
-        )
+        raise ConfigError(f"use_largereps=True is only defined for l1 threats, got {threat.norm!r}")
     gen = resolve_generator(generator)
     x = x.detach()
     shape = (-1, *([1] * (x.dim() - 1)))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["attack_mode", "preserve_rng", "resolve_generator", "loss_and_grad"]
+__all__ = ["attack_mode", "loss_and_grad", "preserve_rng", "resolve_generator"]
 
 
 @contextmanager

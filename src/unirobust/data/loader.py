@@ -45,7 +45,7 @@ def derive_seed(*parts: int) -> int:
     return h >> 1
 
 
-@dataclass
+@dataclass(eq=False)
 class AugmentParams:
     """Per-sample random parameters of one batch (CPU or device tensors).
 

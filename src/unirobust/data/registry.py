@@ -65,7 +65,7 @@ _DIGITS_N_TEST = 360
 _SALT_VAL, _SALT_TRAIN = 1, 2
 
 
-@dataclass
+@dataclass(eq=False)
 class Split:
     """One split in memory. ``x`` may be given as uint8 (0..255); it is stored as float [0, 1]."""
 
@@ -101,7 +101,7 @@ class Split:
         return Split(self.x.to(device), self.y.to(device), self.indices.to(device))
 
 
-@dataclass
+@dataclass(eq=False)
 class DatasetBundle:
     name: str
     train: Split

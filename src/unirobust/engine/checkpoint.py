@@ -123,7 +123,9 @@ def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> di
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"'{path}' is corrupted or not a torch checkpoint ({first[:160]})")
+        raise CheckpointError(
+            f"'{path}' is corrupted or not a torch checkpoint ({first[:160]})"
+        ) from None
     except Exception as err:  # weights_only refuses pickled objects with UnpicklingError
         raise CheckpointError(
             f"'{path}' holds objects that are not plain tensors/data; refusing to unpickle it "

@@ -107,8 +107,6 @@ class RunDir:
 
     def truncate_after_epoch(self, epoch: int) -> None:
         """Drop epoch records newer than ``epoch`` (written after the last checkpoint)."""
-        keep = [
-            r for r in self.records() if not (r.get("event") == "epoch" and r["epoch"] > epoch)
-        ]
+        keep = [r for r in self.records() if not (r.get("event") == "epoch" and r["epoch"] > epoch)]
         text = "".join(json.dumps(r) + "\n" for r in keep)
         atomic_write(self.metrics_path, lambda tmp: tmp.write_text(text))

@@ -51,18 +51,25 @@ class ValidationResult:
 
 
 @torch.no_grad()
-def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def clean_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
+) -> torch.Tensor:
     """Per-sample correctness of an eval-mode model (mode restored afterwards)."""
     was_training = model.training
     model.eval()
     out = torch.cat(
-        [model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size] for i in range(0, len(x), batch_size)]
+        [
+            model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
+            for i in range(0, len(x), batch_size)
+        ]
     )
     model.train(was_training)
     return out
 
 
-def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: RunConfig) -> ValidationResult:
+def validate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: RunConfig
+) -> ValidationResult:
     """generalist.md §3.6: clean accuracy and PGD-K (step eps/4, random start) on validation.
 
     With several threats the robust number is the mean of their accuracies; selection is
@@ -84,8 +91,14 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: RunConf
         for j in range(0, len(x), 500):
             xb, yb = x[j : j + 500], y[j : j + 500]
             x_adv = pgd(
-                model, xb, yb, threat, steps=val.steps, step_size=threat.eps / 4,
-                random_start=True, generator=generator,
+                model,
+                xb,
+                yb,
+                threat,
+                steps=val.steps,
+                step_size=threat.eps / 4,
+                random_start=True,
+                generator=generator,
             )
             correct.append(clean_correct(model, x_adv, yb))
         accs.append(torch.cat(correct).float().mean().item())

@@ -33,8 +33,11 @@ Implementation notes:
   ``attack_mode(model)`` (eval mode, parameter gradients off, both restored), with autocast disabled
   and inputs in float32. A model with non-float32 floating parameters is evaluated through a float32
   copy (the caller's model is untouched).
-* ε = 0: the feasible set is {x}, so robust = clean-correct; pyautoattack is not called (its APGD
-  step sizes and Square's schedule are proportional to ε and some code paths divide by it).
+* ε = 0: the feasible set is {x}, so robust = clean-correct and pyautoattack is not called.
+  (pyautoattack 0.2.0 accepts ε = 0 and returns x for every attack and norm, but it would spend the
+  whole attack budget on an empty ball.)
+* pyautoattack's ``check_dynamic`` calls ``sys.settrace(None)`` in every
+  ``run_standard_evaluation``, which switches off an active Python tracer (debugger, coverage).
 * Batch-composition dependence: pyautoattack draws its random starts for a whole batch from the
   global RNG reseeded with ``seed`` at every ``perturb`` call, so the start of a point depends on
   its position in the batch and on which other points share the batch. Results are reproducible

@@ -46,7 +46,7 @@ import torch
 
 from unirobust.attacks.context import attack_mode, preserve_rng
 from unirobust.errors import ConfigError
-from unirobust.evaluation.autoattack import predict
+from unirobust.evaluation.autoattack import _fp32_model, _no_autocast, predict
 from unirobust.evaluation.checks import EvaluationWarning, check_black_box, run_sanity_checks
 from unirobust.evaluation.results import (
     NOT_ATTACKED,
@@ -193,7 +193,8 @@ def evaluate(
 
     Args:
         model: classifier returning logits for inputs in [0,1]; its mode and parameter
-            ``requires_grad`` flags are restored, the global RNG is untouched.
+            ``requires_grad`` flags are restored, the global RNG is untouched. Evaluation runs
+            in float32 with autocast off (through a float32 copy if the model is not float32).
         x, y: points (N, C, H, W) in [0,1] and int labels (N,).
         indices: original dataset indices of the points (``None``: 0..N-1), stored per sample.
         threats: ``"linf:8/255,l2:0.5,l1:12"``, a ThreatModel or a list of either.
@@ -238,6 +239,7 @@ def evaluate(
     labels = y.cpu().numpy().astype(np.int64)
 
     mhash = model_hash(model)
+    model = _fp32_model(model)  # evaluation runs in float32 (a copy if the model is not fp32)
     fingerprint = {
         "suite": suite_obj.name,
         "threats": specs,
@@ -249,7 +251,7 @@ def evaluate(
         "n_points": n,
     }
 
-    with preserve_rng(), attack_mode(model):
+    with preserve_rng(), attack_mode(model), _no_autocast(device):
         clean_pred = (
             torch.cat(
                 [
@@ -316,13 +318,11 @@ def evaluate(
                 )
             if on_chunk is not None:
                 on_chunk(specs[t], k, n_chunks)
-            if k + 1 == n_chunks:
-                counts = {
-                    name: int(state.fooled_counts[t, a]) for a, name in enumerate(state.attacks)
-                }
-                message = check_black_box(counts, n)
-                if message:
-                    warnings.warn(f"{threat}: {message}", EvaluationWarning, stacklevel=2)
+        if n_chunks:
+            counts = {a: int(state.fooled_counts[t, i]) for i, a in enumerate(state.attacks)}
+            message = check_black_box(counts, n)
+            if message:
+                warnings.warn(f"{threat}: {message}", EvaluationWarning, stacklevel=2)
 
     # Add this session's overhead (clean pass, checks, io) to the summed chunk times.
     state.wall_time_s += (time.perf_counter() - session_start) - session_chunk_time

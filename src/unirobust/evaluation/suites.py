@@ -19,7 +19,9 @@ Suites (multinorm.md §8):
   target classes, on the points still robust. It under-estimates the attack strength of
   ``aa-apgd`` (about a tenth of the gradient evaluations) and is meant for training curves and
   smoke tests, never for reported numbers. Each call draws its random starts from a local
-  ``torch.Generator`` seeded with ``seed`` (never the global RNG).
+  ``torch.Generator`` seeded with ``seed`` (never the global RNG), so a point's start depends on
+  its position in the batch; with ``batch_size=1`` the suite is per-point deterministic. Runs in
+  eval mode and float32 like the AutoAttack suites.
 
 All suites: ε = 0 gives robust == clean-correct without running any attack (the feasible set is
 {x}); the model's mode, parameter ``requires_grad`` flags and the global RNG are restored.
@@ -34,7 +36,12 @@ import torch
 
 from unirobust.attacks.context import attack_mode, preserve_rng
 from unirobust.errors import ConfigError
-from unirobust.evaluation.autoattack import predict, run_autoattack_detailed
+from unirobust.evaluation.autoattack import (
+    _fp32_model,
+    _no_autocast,
+    predict,
+    run_autoattack_detailed,
+)
 from unirobust.threats import ThreatModel, parse_threat
 
 __all__ = [
@@ -117,7 +124,8 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
     from unirobust.attacks import apgd
 
     device = x.device
-    with preserve_rng(), attack_mode(model):
+    model = _fp32_model(model)
+    with preserve_rng(), attack_mode(model), _no_autocast(device):
         x = x.detach().float()
         y = y.detach().to(device)
         n_classes = 0
@@ -167,7 +175,9 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
 SUITES: Mapping[str, Suite] = {
     "aa-standard": Suite(
         name="aa-standard",
-        description="AutoAttack standard: APGD-CE, APGD-T, FAB-T (9 targets), Square (5000 queries)",
+        description=(
+            "AutoAttack standard: APGD-CE, APGD-T, FAB-T (9 targets), Square (5000 queries)"
+        ),
         attacks=("apgd-ce", "apgd-t", "fab-t", "square"),
         fn=_aa_fn(("apgd-ce", "apgd-t", "fab-t", "square")),
     ),

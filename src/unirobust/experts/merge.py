@@ -21,7 +21,7 @@ class MergeRule(Protocol):
         """Create any shadow state from the (initial) experts."""
 
     def after_step(self, experts: list[Expert], epoch: int, iteration: int, n_iters: int) -> None:
-        """Called after every expert stepped on batch ``iteration`` (0-based) of 1-based ``epoch``."""
+        """Called after every expert stepped on batch ``iteration`` (0-based) of ``epoch``."""
 
     def after_epoch(self, experts: list[Expert], epoch: int) -> None:
         """Called once the epoch's last step and its ``after_step`` are done."""

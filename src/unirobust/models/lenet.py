@@ -1,4 +1,8 @@
-"""LeNet-style CNN: the fast CPU proxy model (2 conv + 2 fc, ~0.18M parameters on 1x28x28)."""
+"""LeNet-style CNN: the fast CPU proxy model (2 conv + 2 fc, ~0.15M parameters on 1x28x28).
+
+Default widths (16, 32) conv channels and a 256-unit hidden layer: the convolutions dominate the
+cost on CPU, and this width trains Fashion-MNIST to ~90% while keeping PGD-10 training cheap.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ class LeNet(ImageClassifier):
         *,
         num_classes: int,
         input_shape: tuple[int, int, int],
-        channels: Sequence[int] = (32, 64),
-        hidden: int = 128,
+        channels: Sequence[int] = (16, 32),
+        hidden: int = 256,
         batchnorm: bool = False,
         padding: int | None = None,
         normalize: Normalize | None = None,

@@ -156,5 +156,8 @@ class Trades:
         natural = F.cross_entropy(logits, y)
         robust = _kl_rows(F.log_softmax(logits, dim=1), F.log_softmax(logits_adv, dim=1)).mean()
         loss = natural + self.beta * robust
-        return ObjectiveOutput(loss, logits, {"loss_natural": float(natural.detach()),
-                                              "loss_robust": float(robust.detach())})
+        return ObjectiveOutput(
+            loss,
+            logits,
+            {"loss_natural": float(natural.detach()), "loss_robust": float(robust.detach())},
+        )

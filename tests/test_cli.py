@@ -1,0 +1,86 @@
+"""The command line: one-line errors with exit code 2 and no traceback; listing; a tiny train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_recipe
+from typer.testing import CliRunner
+
+from unirobust.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _write(tmp_path: Path, recipe: dict) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert text.startswith("error:"), text
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_help_lists_every_command() -> None:
+    result = _invoke("--help")
+    assert result.exit_code == 0
+    for command in ("train", "eval", "report", "compare", "recipes", "demo"):
+        assert command in result.output
+
+
+def test_recipes_lists_descriptions() -> None:
+    result = _invoke("recipes")
+    assert result.exit_code == 0
+    assert "fmnist-generalist" in result.output and "Generalist" in result.output
+
+
+def test_unknown_key_exits_2(tmp_path: Path) -> None:
+    recipe = tiny_recipe()
+    recipe["data"]["batchsize"] = 3
+    _one_line_error(_invoke("train", str(_write(tmp_path, recipe))), "data.batchsize", "batch_size")
+
+
+def test_unknown_recipe_and_bad_override(tmp_path: Path) -> None:
+    _one_line_error(_invoke("train", "no-such-recipe"), "no-such-recipe", "fmnist-generalist")
+    path = _write(tmp_path, tiny_recipe())
+    _one_line_error(_invoke("train", str(path), "--set", "train.epochs=-1"), "train.epochs")
+
+
+def test_missing_dataset_path_exits_2(tmp_path: Path) -> None:
+    recipe = tiny_recipe(data={"name": "fashion_mnist", "data_dir": str(tmp_path / "nowhere")})
+    result = _invoke("train", str(_write(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    _one_line_error(result, "nowhere", "dataset-fashion-mnist")
+
+
+def test_eval_rejects_bad_threat_and_foreign_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_bytes(b"\x00" * 64)
+    _one_line_error(_invoke("eval", str(bogus), "--threats", "linf:-0.1"), "linf:-0.1")
+    _one_line_error(_invoke("eval", str(bogus), "--threats", "linf:0.1"), str(bogus))
+    _one_line_error(_invoke("eval", str(tmp_path / "none"), "--threats", "l3:1"), "l3")
+
+
+@pytest.mark.slow
+def test_train_then_refuse_then_report(tmp_path: Path) -> None:
+    recipe = tiny_recipe()
+    recipe["train"]["epochs"] = 1
+    path = _write(tmp_path, recipe)
+    run = tmp_path / "run"
+    result = _invoke("train", str(path), "--out", str(run), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output and (run / "report" / "report.md").is_file()
+    _one_line_error(_invoke("train", str(path), "--out", str(run)), "already exists", "--resume")
+    _one_line_error(_invoke("train", str(path), "--resume", str(run)), "--resume")
+    assert _invoke("report", str(run)).exit_code == 0
