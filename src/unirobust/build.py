@@ -11,7 +11,6 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,12 +18,7 @@ from unirobust.config import ExpertConfig, ObjectiveConfig, OptimizerConfig, Run
 from unirobust.errors import ConfigError
 from unirobust.experts.expert import Expert, Schedule
 from unirobust.experts.merge import MergeRule, NoMerge
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A well-mixed 63-bit seed for stream ``parts`` of run ``seed`` (e.g. expert k)."""
-    state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
+from unirobust.seeding import derive_seed
 
 
 def expand_experts(config: RunConfig) -> list[ExpertConfig]:

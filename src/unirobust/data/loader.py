@@ -21,28 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unirobust.errors import ConfigError
+from unirobust.seeding import derive_seed
 
 if TYPE_CHECKING:
     from unirobust.data.registry import Split
 
 __all__ = ["Augment", "AugmentParams", "BatchLoader", "derive_seed"]
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def derive_seed(*parts: int) -> int:
-    """Mix integers into one well-spread 63-bit seed (SplitMix64 chain); pure, no global state."""
-    h = 0
-    for part in parts:
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h >> 1
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unirobust.build import Built, derive_seed
+from unirobust.build import Built
 from unirobust.config import RunConfig
 from unirobust.engine.checkpoint import (
     capture_rng,
@@ -32,6 +32,7 @@ from unirobust.engine.distributed import DistContext
 from unirobust.engine.progress import EpochProgress
 from unirobust.engine.rundir import RunDir
 from unirobust.errors import CheckpointError
+from unirobust.seeding import derive_seed
 
 
 @dataclass
