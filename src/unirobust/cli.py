@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 
 from unirobust.errors import ConfigError, UserError
@@ -138,6 +139,12 @@ def eval_(
         bool, typer.Option(help="Attack each norm only on points still robust.")
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    corruptions: Annotated[
+        str | None, typer.Option(help="Common corruptions: 'all' or a comma list.")
+    ] = None,
+    severities: Annotated[
+        str, typer.Option(help="Corruption severities, e.g. 1,3,5.")
+    ] = "1,2,3,4,5",
 ) -> None:
     """Evaluate a model: clean, each threat, union; writes per-sample results next to it."""
 
@@ -156,8 +163,10 @@ def eval_(
                 batch_size=batch_size,
                 checkpoints=[c.strip() for c in checkpoint.split(",")],
                 union_only=union_only,
+                corruptions=[c.strip() for c in corruptions.split(",")] if corruptions else [],
+                corruption_severities=[int(v) for v in severities.split(",") if v.strip()],
             )
-        except Exception as err:  # pydantic ValidationError -> one line
+        except (ValueError, ValidationError) as err:  # one line naming the option
             first = str(err).splitlines()
             raise ConfigError(f"bad eval option: {' '.join(first[1:3]).strip()}") from None
         summaries = evaluate_run(target, spec, progress=not _quiet_default(), seed=seed)

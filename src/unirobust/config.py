@@ -13,12 +13,30 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from unirobust.errors import ConfigError
+
+
+def _check_threats(texts: list[str]) -> list[str]:
+    for text in texts:
+        _check_threat(text)
+    return texts
+
+
+ThreatList = Annotated[list[str], AfterValidator(_check_threats)]
+"""Threat strings such as ``linf:8/255``, each checked by the one threat parser."""
 
 
 class Strict(BaseModel):
@@ -154,17 +172,10 @@ class TrainConfig(Strict):
 class ValidationConfig(Strict):
     """Per-epoch model selection on the validation split (generalist.md §3.6): clean + PGD."""
 
-    threats: list[str] = Field(default_factory=list)
+    threats: ThreatList = Field(default_factory=list)
     steps: int = Field(20, ge=1)
     n: int | None = Field(None, gt=0)
     every: int = Field(1, ge=1)
-
-    @field_validator("threats")
-    @classmethod
-    def _threats_ok(cls, value: list[str]) -> list[str]:
-        for text in value:
-            _check_threat(text)
-        return value
 
 
 class EvalConfig(Strict):
@@ -172,18 +183,34 @@ class EvalConfig(Strict):
 
     enabled: bool = True
     suite: Literal["aa-standard", "aa-apgd", "fast"] = "aa-standard"
-    threats: list[str] = Field(default_factory=list)
+    threats: ThreatList = Field(default_factory=list)
     n: int | None = Field(1000, gt=0)
     batch_size: int = Field(500, gt=0)
     checkpoints: list[Literal["best", "last"]] = Field(default_factory=lambda: ["best", "last"])
     union_only: bool = False
     calibration: bool = True
+    corruptions: list[str] = Field(default_factory=list)
+    corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
 
-    @field_validator("threats")
+    @field_validator("corruptions")
     @classmethod
-    def _threats_ok(cls, value: list[str]) -> list[str]:
-        for text in value:
-            _check_threat(text)
+    def _known_corruptions(cls, value: list[str]) -> list[str]:
+        from unirobust.evaluation.corruptions import CORRUPTIONS
+
+        if value == ["all"]:
+            return list(CORRUPTIONS)
+        unknown = [c for c in value if c not in CORRUPTIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown corruptions {unknown}; allowed: all, {', '.join(CORRUPTIONS)}"
+            )
+        return value
+
+    @field_validator("corruption_severities")
+    @classmethod
+    def _severities(cls, value: list[int]) -> list[int]:
+        if not value or any(v not in range(1, 6) for v in value):
+            raise ValueError(f"severities must be a non-empty subset of 1..5, got {value}")
         return value
 
 

@@ -7,7 +7,9 @@ split (the only place the test set is touched) and writes per-sample results and
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,9 @@ def evaluate_run(
         out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{which}-{spec.suite}{'-union_only' if spec.union_only else ''}"
+        # a killed evaluation resumes from this file; another evaluation never collides with it
+        key = json.dumps([threat_texts, spec.n, spec.batch_size, seed, spec.union_only])
+        state_path = out_dir / f".{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.state"
         start = time.perf_counter()
         results = evaluate(
             model,
@@ -175,12 +180,13 @@ def evaluate_run(
             batch_size=spec.batch_size,
             union_only=spec.union_only,
             seed=seed,
-            state_path=out_dir / f".{stem}.state",
+            state_path=state_path,
             progress=progress,
             dataset=bundle.name,
             split="test",
         )
         _, summary_path = results.save(out_dir, stem=stem)
+        state_path.unlink(missing_ok=True)
         summary = json.loads(summary_path.read_text())
         summary["checkpoint"] = which
         summary["model_path"] = meta["path"]
@@ -188,6 +194,8 @@ def evaluate_run(
             summary["calibration"] = _calibration(
                 model, bundle, calibration_metrics, fit_temperature
             )
+        if spec.corruptions:
+            summary["corruptions"] = _corruptions(model, bundle, spec, progress)
         summary["wall_time_s"] = round(time.perf_counter() - start, 2)
         summary_path.write_text(json.dumps(summary, indent=2))
         if is_run:
@@ -200,6 +208,32 @@ def evaluate_run(
             )
         summaries.append(summary)
     return summaries
+
+
+def cache_dir() -> Path:
+    """Where computed artefacts shared across runs live (``$UNIROBUST_CACHE`` overrides)."""
+    return Path(os.environ.get("UNIROBUST_CACHE", Path.home() / ".cache" / "unirobust"))
+
+
+def _corruptions(model, bundle, spec: EvalConfig, progress: bool) -> dict[str, Any]:
+    """Accuracy under common corruptions on the same test points (cached corrupted copies)."""
+    from unirobust.evaluation import evaluate_corruptions
+
+    result = evaluate_corruptions(
+        model,
+        bundle.test.x,
+        bundle.test.y,
+        corruptions=spec.corruptions,
+        severities=spec.corruption_severities,
+        cache_dir=cache_dir() / "corruptions",
+        dataset=bundle.name,
+        progress=progress,
+    )
+    return {
+        "mean_acc": result["mean_acc"],
+        "per_corruption": result["accuracy"],
+        "mean_per_corruption": result["mean_per_corruption"],
+    }
 
 
 @torch.no_grad()

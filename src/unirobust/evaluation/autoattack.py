@@ -59,6 +59,7 @@ import torch
 from unirobust.attacks.context import attack_mode, preserve_rng
 from unirobust.errors import ConfigError
 from unirobust.evaluation.checks import EvaluationWarning
+from unirobust.models import model_device
 from unirobust.threats import ThreatModel, parse_threat, to_pyautoattack_norm
 
 __all__ = [
@@ -86,14 +87,6 @@ class AutoAttackOutput:
 
 def _as_threat(threat: ThreatModel | str) -> ThreatModel:
     return parse_threat(threat) if isinstance(threat, str) else threat
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _fp32_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -189,7 +182,7 @@ def run_autoattack_detailed(
         raise ValueError(f"{x.shape[0]} inputs but {y.shape[0]} labels")
 
     out_device = x.device
-    device = _model_device(model)
+    device = model_device(model)
     eval_model = _fp32_model(model)
     x_dev = x.detach().to(device=device, dtype=torch.float32)
     y_dev = y.detach().to(device=device, dtype=torch.long)

@@ -55,6 +55,7 @@ from unirobust.evaluation.results import (
     model_hash,
 )
 from unirobust.evaluation.suites import Suite, get_suite
+from unirobust.models import model_device
 from unirobust.threats import ThreatModel, parse_threat, parse_threats
 
 __all__ = ["UNION_ORDER", "evaluate", "order_threats"]
@@ -87,14 +88,6 @@ def order_threats(threats: Sequence[ThreatModel], union_only: bool) -> list[Thre
         return list(threats)
     rank = {norm: i for i, norm in enumerate(UNION_ORDER)}
     return sorted(threats, key=lambda t: rank.get(t.norm, len(UNION_ORDER)))
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _data_hash(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> str:
@@ -233,7 +226,7 @@ def evaluate(
     state_file = Path(state_path) if state_path is not None else None
 
     session_start = time.perf_counter()
-    device = _model_device(model)
+    device = model_device(model)
     x = x.detach().to(torch.float32)
     y = y.detach().to(torch.long)
     labels = y.cpu().numpy().astype(np.int64)

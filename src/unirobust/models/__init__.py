@@ -8,7 +8,7 @@ from unirobust.models.lenet import LeNet
 from unirobust.models.mlp import MLP
 from unirobust.models.normalize import ImageClassifier, Normalize, make_normalize
 from unirobust.models.preact_resnet import PreActResNet18
-from unirobust.models.registry import build_model, list_models, model_options
+from unirobust.models.registry import build_model, list_models, model_device, model_options
 from unirobust.models.resnet import ResNet18
 from unirobust.models.wide_resnet import WideResNet
 
@@ -23,5 +23,6 @@ __all__ = [
     "build_model",
     "list_models",
     "make_normalize",
+    "model_device",
     "model_options",
 ]

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from unirobust.errors import ConfigError
@@ -93,3 +94,12 @@ def build_model(
         kwargs.pop("normalize", False), kwargs.pop("mean", None), kwargs.pop("std", None), shape[0]
     )
     return cls(num_classes=num_classes, input_shape=shape, normalize=norm, **fixed, **kwargs)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer); CPU for a stateless module."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
