@@ -738,6 +738,50 @@ def _plot_corruptions(run: RunRecord, rec: EvalRecord, out: Path) -> tuple[str, 
 # --------------------------------------------------------------------------------------------------
 
 
+_OBJECTIVE_KEYS: dict[str, set[str]] = {
+    "natural": set(),
+    "pgd_at": {"attack", "steps", "step_size", "random_start"},
+    "trades": {"beta", "steps", "step_size"},
+}
+"""Objective settings worth showing (others are defaults that objective ignores)."""
+
+
+def _method_text(train: Mapping[str, Any]) -> str:
+    """``generalist (nat_linf)`` for preset runs, else the objectives and the merge rule."""
+    if train.get("method"):
+        return str(train["method"])
+    preset = train.get("generalist")
+    if isinstance(preset, Mapping):
+        return f"generalist ({preset.get('preset', '?')})"
+    names = [
+        str((e.get("objective") or {}).get("name", "?"))
+        for e in train.get("experts") or []
+        if isinstance(e, Mapping)
+    ]
+    merge = (
+        (train.get("merge") or {}).get("name", "none")
+        if isinstance(train.get("merge"), Mapping)
+        else "none"
+    )
+    return " + ".join(names) + ("" if merge == "none" else f" merged by {merge}") if names else "?"
+
+
+def _experts_of(cfg: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The experts as trained: a ``train.generalist`` preset is expanded through the config."""
+    train = cfg.get("train") or {}
+    experts = [e for e in train.get("experts") or [] if isinstance(e, Mapping)]
+    if experts or not isinstance(train.get("generalist"), Mapping):
+        return experts
+    try:
+        from unirobust.build import expand_experts
+        from unirobust.config import RunConfig
+
+        config = RunConfig.model_validate(cfg)
+    except Exception:  # a report of an older or hand-edited config still renders
+        return []
+    return [e.model_dump(mode="json") for e in expand_experts(config)]
+
+
 def _config_section(run: RunRecord) -> list[str]:
     cfg = run.config
     if not cfg:
@@ -759,7 +803,7 @@ def _config_section(run: RunRecord) -> list[str]:
     rows: list[list[Any]] = [
         ["Dataset", data_txt],
         ["Model", model_txt],
-        ["Training method", f"`{train.get('method', '?')}`"],
+        ["Training method", f"`{_method_text(train)}`"],
         ["Epochs", f"{train.get('epochs', '?')} configured, {len(run.epochs)} logged"],
         ["Seed", cfg.get("seed", "?")],
     ]
@@ -777,7 +821,7 @@ def _config_section(run: RunRecord) -> list[str]:
         speed = f", mean {statistics.fmean(ips):.0f} images/s" if ips else ""
         rows.append(["Training time", f"{_seconds(sum(times))} over {len(times)} epochs{speed}"])
     lines = ["## Configuration", "", _md_table(["Setting", "Value"], rows), ""]
-    experts = [e for e in train.get("experts") or [] if isinstance(e, Mapping)]
+    experts = _experts_of(cfg)
     if experts:
         erows = []
         for ex in experts:
@@ -785,7 +829,12 @@ def _config_section(run: RunRecord) -> list[str]:
             if not isinstance(obj, Mapping):
                 obj = {"name": obj}
             threat = obj.get("threat", obj.get("threats"))
-            obj_rest = {k: v for k, v in obj.items() if k not in ("name", "threat", "threats")}
+            relevant = _OBJECTIVE_KEYS.get(str(obj.get("name")))
+            obj_rest = {
+                k: v
+                for k, v in obj.items()
+                if k not in ("name", "threat", "threats") and (relevant is None or k in relevant)
+            }
             ex_rest = {k: v for k, v in ex.items() if k not in ("name", "objective")}
             erows.append(
                 [

@@ -6,6 +6,8 @@ Layout::
     RUN/metrics.jsonl                      one JSON line per epoch / evaluation / resume
     RUN/checkpoints/train_state.pt         everything needed to resume (rank files under torchrun)
     RUN/checkpoints/model_{best,last}.safetensors   the global model, selected on validation
+                                           (generalist.md §3.6's g_best.pt / g_last.pt, in a
+                                           format that cannot carry code)
     RUN/eval/                              per-sample evaluation results and summaries
     RUN/report/                            markdown report and figures
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -88,13 +89,14 @@ def generalist_knots(epochs: int) -> list[float]:
     return [0.0, float(epochs // 3), float(2 * epochs // 3), float(epochs)]
 
 
-class TimedSchedule:
+class TimedSchedule(ABC):
     """Shared ``time``/``at`` for schedule objects that carry a ``granularity`` field."""
 
     granularity: str
 
-    def __call__(self, t: float) -> float:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, t: float) -> float:
+        """The value at training time ``t`` (in this schedule's time convention)."""
 
     def time(self, epoch: int, iteration: int, n_iters: int) -> float:
         return schedule_time(epoch, iteration, n_iters, self.granularity)

@@ -7,6 +7,7 @@ normalised tensor.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -77,7 +78,7 @@ def make_normalize(
     return Normalize(mean_l, std_l)
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(nn.Module, ABC):
     """Base: ``forward(x) = head(features(x))`` and ``features(x) = body(normalize(x))``.
 
     Subclasses implement :meth:`forward_features` (normalised image -> flat feature vector) and
@@ -106,8 +107,9 @@ class ImageClassifier(nn.Module):
     def num_features(self) -> int:
         return self.head.in_features
 
+    @abstractmethod
     def forward_features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Penultimate features of an already normalised batch (each architecture's body)."""
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features (input to :attr:`head`) for images in [0, 1]."""
