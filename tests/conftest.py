@@ -49,7 +49,12 @@ def generalist_tiny(**train: Any) -> dict[str, Any]:
         "merge": {"name": "ema_mix", "sync_start": 2, "sync_interval": 1},
     }
     spec.update(train)
-    return tiny_recipe(train=spec, validation={"threats": ["linf:0.1"], "steps": 2})
+    # BatchNorm, so sync, mixing and resume of running stats and num_batches_tracked are exercised
+    return tiny_recipe(
+        model={"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}},
+        train=spec,
+        validation={"threats": ["linf:0.1"], "steps": 2},
+    )
 
 
 @pytest.fixture

@@ -128,3 +128,45 @@ def test_load_model_refuses_foreign_safetensors(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     with pytest.raises(CheckpointError, match="no model_best"):
         load_model(tmp_path / "run")
+
+
+def test_import_weights_strips_module_prefix(tmp_path: Path) -> None:
+    """generalist.md oracle 11: a ``module.``-prefixed (DDP, official) state dict loads."""
+    from unirobust.engine.checkpoint import import_weights
+    from unirobust.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model("lenet", num_classes=10, input_shape=(1, 8, 8), batchnorm=True)
+    source = tmp_path / "official.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, source)
+    out = import_weights(
+        source,
+        tmp_path / "m.safetensors",
+        model="lenet",
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        dataset="digits",
+        options={"batchnorm": True},
+    )
+    loaded, meta = load_model(out)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(loaded(x), model.eval()(x)) and meta["dataset"] == "digits"
+    with pytest.raises(CheckpointError, match="does not fit model 'mlp'"):
+        import_weights(
+            source,
+            tmp_path / "x.safetensors",
+            model="mlp",
+            num_classes=10,
+            input_shape=(1, 8, 8),
+            dataset="digits",
+        )
+    with pytest.raises(CheckpointError, match="exists already"):
+        import_weights(
+            source,
+            out,
+            model="lenet",
+            num_classes=10,
+            input_shape=(1, 8, 8),
+            dataset="digits",
+            options={"batchnorm": True},
+        )

@@ -123,3 +123,48 @@ def test_missing_recipe_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(bad)
+
+
+def test_preset_experts_share_lr_and_weights_sum_to_one() -> None:
+    """Pitfall 6 (natural expert on the robust lr schedule) and oracle 5 for every preset."""
+    from unirobust.build import build_schedule
+    from unirobust.experts.ema_mix import check_mix_weights
+
+    for preset in ("nat_linf", "linf_l2"):
+        data = generalist_tiny()
+        data["train"]["generalist"]["preset"] = preset
+        config = validate_recipe(data)
+        experts = expand_experts(config)
+        assert experts[0].lr_schedule == experts[1].lr_schedule
+        epochs = config.train.epochs
+        weights = [build_schedule(e.mix_weight, epochs, e.name) for e in experts]
+        check_mix_weights(weights, epochs)
+        for epoch in range(1, epochs + 1):
+            assert sum(w.at(epoch, 0, 10) for w in weights) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_preset_steps_validation_and_official_eps() -> None:
+    data = generalist_tiny()
+    del data["validation"]
+    data["train"]["generalist"]["attack_steps"] = 20
+    config = validate_recipe(data)
+    robust = expand_experts(config)[0].objective
+    assert robust.step_size == pytest.approx(0.1 / 4)  # eps/4 whatever the step count
+    assert config.validation.threats == ["linf:0.1"]  # selection uses the preset's norm
+    data["train"]["generalist"].update(official_eps=True, robust_objective="trades")
+    config = validate_recipe(data)
+    robust = expand_experts(config)[0].objective
+    assert (robust.name, robust.threat, robust.step_size) == ("trades", "linf:0.031", 0.007)
+    assert config.validation.threats == ["linf:0.031"]
+    data["train"]["generalist"].update(official_eps=False, preset="linf_l2")
+    assert validate_recipe(data).validation.threats == ["linf:0.1", "l2:0.5"]
+
+
+def test_distributed_mode_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unirobust.pipeline import distributed_mode
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed_mode(validate_recipe(generalist_tiny()), 2) == "experts"
+    assert distributed_mode(validate_recipe(tiny_recipe()), 1) == "data"
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert distributed_mode(validate_recipe(generalist_tiny()), 2) == "data"

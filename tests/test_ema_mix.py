@@ -354,7 +354,8 @@ def test_distributed_packing_matches_sequential() -> None:
                 t.start()
             for t in threads:
                 t.join()
-    assert group.calls == [EPOCHS * N_ITERS] * 2  # one flat all-reduce per step per rank
+    # per step and rank: one flat all-reduce of the mix, one of the anchor's integer buffers
+    assert group.calls == [2 * EPOCHS * N_ITERS] * 2
     g_seq = _state(seq_m.global_model())
     assert g_seq.keys() == _state(ranks[0][1].global_model()).keys()
     for experts, m in ranks:
@@ -365,6 +366,26 @@ def test_distributed_packing_matches_sequential() -> None:
         _assert_states_equal(_state(experts[0].model), g)
     with torch.no_grad():
         assert torch.allclose(ranks[0][1].global_model()(x0), seq_m.global_model()(x0), atol=1e-6)
+
+    # integer buffers of G come from the anchor's rank even when another expert's differ
+    with torch.no_grad():
+        for buf in ranks[1][0][0].model.buffers():
+            if not buf.is_floating_point():
+                buf.add_(7)
+    threads = [
+        threading.Thread(target=m.after_step, args=(ex, EPOCHS, 0, N_ITERS)) for ex, m in ranks
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    anchor_ints = {
+        k: v for k, v in _state(ranks[0][1].global_model()).items() if not v.is_floating_point()
+    }
+    assert anchor_ints
+    for k, v in anchor_ints.items():
+        assert torch.equal(_state(ranks[1][1].global_model())[k], v), k
+        assert torch.equal(v, _state(ranks[0][0][0].model)[k]), k  # anchor expert (synced)
 
 
 def test_local_experts_without_all_reduce_rejected() -> None:

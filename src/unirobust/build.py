@@ -24,9 +24,13 @@ from unirobust.seeding import derive_seed
 def expand_experts(config: RunConfig) -> list[ExpertConfig]:
     """The run's experts; a ``train.generalist`` block expands to generalist.md §3.3 presets.
 
-    The robust (l_inf) expert comes first: it is the anchor whose integer buffers G copies. Step
-    sizes default to eps/4 (2/255 at 8/255, generalist.md §3.7); mix weights are beta and 1-beta.
+    The robust (l_inf) expert comes first: it is the anchor whose integer buffers G copies. Every
+    expert gets the same lr schedule (pitfall 6). Attack steps default to eps/4 (§3.7: 2/255 at
+    8/255, and the l_2 expert's eps/4 of §3.3); ``official_eps`` uses 0.031 and 0.007. Mix
+    weights are beta for the anchor and 1 - beta for the other expert.
     """
+    from unirobust.threats import parse_threat
+
     train = config.train
     if train.generalist is None:
         return list(train.experts)
@@ -38,11 +42,21 @@ def expand_experts(config: RunConfig) -> list[ExpertConfig]:
         "granularity": g.schedule_granularity,
     }
     one_minus = {**beta, "values": [1.0 - b for b in g.beta_values]}
+    linf, linf_step = ("linf:0.031", 0.007) if g.official_eps else (g.linf, g.linf_step_size)
 
     def sgd(weight_decay: float) -> OptimizerConfig:
         return OptimizerConfig(name="sgd", momentum=g.momentum, weight_decay=weight_decay)
 
-    def pgd_at(threat: str, step: float | None) -> ObjectiveConfig:
+    def robust(threat: str, step: float | None, objective: str) -> ObjectiveConfig:
+        step = step if step is not None else parse_threat(threat).eps / 4
+        if objective == "trades":
+            return ObjectiveConfig(
+                name="trades",
+                threat=threat,
+                steps=g.attack_steps,
+                step_size=step,
+                beta=g.trades_beta,
+            )
         return ObjectiveConfig(
             name="pgd_at",
             threat=threat,
@@ -52,15 +66,15 @@ def expand_experts(config: RunConfig) -> list[ExpertConfig]:
             random_start=True,
         )
 
-    robust = ExpertConfig(
+    first = ExpertConfig(
         name="linf" if g.preset == "linf_l2" else "robust",
-        objective=pgd_at(g.linf, g.linf_step_size),
+        objective=robust(linf, linf_step, g.robust_objective),
         optimizer=sgd(g.robust_weight_decay),
         lr_schedule=lr,
         mix_weight=beta,
     )
     if g.preset == "nat_linf":
-        other = ExpertConfig(
+        second = ExpertConfig(
             name="natural",
             objective=ObjectiveConfig(name="natural"),
             optimizer=sgd(g.natural_weight_decay),
@@ -68,14 +82,14 @@ def expand_experts(config: RunConfig) -> list[ExpertConfig]:
             mix_weight=one_minus,
         )
     else:
-        other = ExpertConfig(
+        second = ExpertConfig(
             name="l2",
-            objective=pgd_at(g.l2, g.l2_step_size),
+            objective=robust(g.l2, g.l2_step_size, "pgd_at"),
             optimizer=sgd(g.robust_weight_decay),
             lr_schedule=lr,
             mix_weight=one_minus,
         )
-    return [robust, other]
+    return [first, second]
 
 
 def build_schedule(spec: dict[str, Any], epochs: int, where: str) -> Schedule:

@@ -212,6 +212,37 @@ def compare(
     _run(action)
 
 
+@app.command("import-weights")
+def import_weights_(
+    source: Annotated[
+        Path, typer.Argument(help="A PyTorch state dict (.pt/.pth), e.g. official weights.")
+    ],
+    model: Annotated[str, typer.Option(help="Model name from the registry, e.g. resnet18.")],
+    dataset: Annotated[str, typer.Option(help="Dataset the model was trained on, e.g. cifar10.")],
+    target: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
+    data_dir: Annotated[str | None, typer.Option(help="Where that dataset lives.")] = None,
+) -> None:
+    """Convert foreign weights (``module.`` prefixes stripped) so ``eval`` can attack them."""
+
+    def action() -> None:
+        from unirobust.data import dataset_shape
+        from unirobust.engine.checkpoint import import_weights
+
+        num_classes, shape = dataset_shape(dataset)
+        path = import_weights(
+            source,
+            target,
+            model=model,
+            num_classes=num_classes,
+            input_shape=shape,
+            dataset=dataset,
+            data_dir=data_dir,
+        )
+        out.print(f"wrote {path}; evaluate it with: unirobust eval {path} --threats ...")
+
+    _run(action)
+
+
 @app.command()
 def recipes() -> None:
     """List the shipped recipes with their one-line descriptions."""

@@ -113,11 +113,19 @@ class ExpertConfig(Strict):
 
 
 class GeneralistConfig(Strict):
-    """generalist.md §3.3 presets; expands into ``train.experts`` (robust expert first = anchor)."""
+    """generalist.md §3.3 presets; expands into ``train.experts`` (robust expert first = anchor).
+
+    Attack step sizes default to eps/4 (2/255 at 8/255, §3.7). ``official_eps`` switches the l_inf
+    expert to the released script's 0.031 / 0.007 for bit-level comparison (§3.7).
+    ``robust_objective: trades`` makes the l_inf expert a TRADES expert (§3.2).
+    """
 
     preset: Literal["nat_linf", "linf_l2"] = "nat_linf"
     linf: str = "linf:8/255"
     l2: str = "l2:0.5"
+    official_eps: bool = False
+    robust_objective: Literal["pgd_at", "trades"] = "pgd_at"
+    trades_beta: float = Field(6.0, ge=0)
     attack_steps: int = Field(10, ge=1)
     linf_step_size: float | None = Field(None, gt=0)
     l2_step_size: float | None = Field(None, gt=0)
@@ -141,9 +149,11 @@ class MergeConfig(Strict):
 
 class DistributedConfig(Strict):
     """How ranks are used under torchrun: ``data`` splits each batch over all ranks for every
-    expert; ``experts`` gives each expert its own process group (generalist.md §3.4)."""
+    expert; ``experts`` gives each expert its own process group (generalist.md §3.4). ``auto``
+    picks ``experts`` for an ema_mix run whose process count is a multiple of its experts, else
+    ``data``."""
 
-    mode: Literal["data", "experts"] = "data"
+    mode: Literal["auto", "data", "experts"] = "auto"
 
 
 class TrainConfig(Strict):
@@ -225,6 +235,26 @@ class RunConfig(Strict):
     train: TrainConfig
     validation: ValidationConfig = ValidationConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validation_threats_from_preset(cls, data: Any) -> Any:
+        """generalist.md §3.6: select on clean + PGD-20 over the preset's norms by default."""
+        if not isinstance(data, dict):
+            return data
+        preset = (data.get("train") or {}).get("generalist")
+        validation = data.get("validation") or {}
+        if (
+            isinstance(preset, dict)
+            and isinstance(validation, dict)
+            and "threats" not in validation
+        ):
+            official = preset.get("official_eps", False)
+            threats = ["linf:0.031" if official else preset.get("linf", "linf:8/255")]
+            if preset.get("preset") == "linf_l2":
+                threats.append(preset.get("l2", "l2:0.5"))
+            data = {**data, "validation": {**validation, "threats": threats}}
+        return data
 
     @field_validator("name")
     @classmethod

@@ -40,6 +40,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def distributed_mode(config: RunConfig, n_experts: int) -> str:
+    """Resolve ``distributed.mode: auto``: one process group per expert for ema_mix (§3.4)."""
+    mode = config.train.distributed.mode
+    if mode != "auto":
+        return mode
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    mixed = config.train.merge.name == "ema_mix" and n_experts > 1
+    return "experts" if mixed and world % n_experts == 0 else "data"
+
+
 def load_data(config: RunConfig, device: torch.device | str = "cpu"):
     from unirobust.data import load_dataset
 
@@ -68,7 +78,7 @@ def train(
 
     device = resolve_device(config.device)
     n_experts = len(expand_experts(config))
-    ctx = init_distributed(config.train.distributed.mode, n_experts, device)
+    ctx = init_distributed(distributed_mode(config, n_experts), n_experts, device)
     try:
         if resume is not None:
             run = RunDir.open_existing(Path(resume))
@@ -196,7 +206,8 @@ def evaluate_run(
             )
         if spec.corruptions:
             summary["corruptions"] = _corruptions(model, bundle, spec, progress)
-        summary["wall_time_s"] = round(time.perf_counter() - start, 2)
+        # wall_time_s stays the attack time of the runner (summed over resumed sessions)
+        summary["session_s"] = round(time.perf_counter() - start, 2)
         summary_path.write_text(json.dumps(summary, indent=2))
         if is_run:
             RunDir(target).log(

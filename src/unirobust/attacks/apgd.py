@@ -53,21 +53,29 @@ def _window_params(n_iter: int) -> tuple[int, int, int]:
     return first, decrease, minimum
 
 
+def checkpoint_windows(n_iter: int) -> dict[int, int]:
+    """{0-based iteration: window length k} of the linf/l2 checkpoints (multinorm.md §2).
+
+    The attack loop reads this table, so the tested schedule is the one that runs.
+    """
+    k, decrease, minimum = _window_params(n_iter)
+    out: dict[int, int] = {}
+    since = 0
+    for i in range(n_iter):
+        since += 1
+        if since == k:
+            out[i] = k
+            since = 0
+            k = max(k - decrease, minimum)
+    return out
+
+
 def apgd_checkpoints(n_iter: int) -> list[int]:
     """0-based iterations after which a linf/l2 step-size checkpoint fires (multinorm.md §2).
 
     N = 10 gives 1..9; N = 100 gives [21, 40, 56, 69, 79, 86, 92, 98].
     """
-    k, decrease, minimum = _window_params(n_iter)
-    out: list[int] = []
-    since = 0
-    for i in range(n_iter):
-        since += 1
-        if since == k:
-            out.append(i)
-            since = 0
-            k = max(k - decrease, minimum)
-    return out
+    return sorted(checkpoint_windows(n_iter))
 
 
 def _l0(delta: Tensor) -> Tensor:
@@ -122,7 +130,7 @@ def _apgd_core(
             else torch.full((b,), float(d), device=x.device)
         )
     else:
-        k, decrease, minimum = _window_params(n_iter)
+        windows = checkpoint_windows(n_iter)
         loss_best_last_check = loss_best.clone()
         reduced_last_check = torch.ones(b, dtype=torch.bool, device=x.device)
 
@@ -155,11 +163,15 @@ def _apgd_core(
             grad_best = torch.where(improved.reshape(shape), grad, grad_best)
             loss_best = torch.where(improved, loss_cur, loss_best)
 
-            since_check += 1
-            if since_check != k:
+            if is_l1:
+                since_check += 1
+                if since_check != k:
+                    continue
+                since_check = 0
+            elif i not in windows:
                 continue
-            since_check = 0
             if not is_l1:
+                k = windows[i]
                 # (a) too few increases in the window. For the first window the predecessor of
                 # loss_steps[0] is loss_steps[-1], an unfilled slot holding 0 (reference parity).
                 increases = torch.zeros(b, device=x.device)
@@ -173,7 +185,6 @@ def _apgd_core(
                 eta = torch.where(flagged, eta / 2.0, eta)
                 x_adv = torch.where(flagged.reshape(shape), x_best, x_adv)
                 grad = torch.where(flagged.reshape(shape), grad_best, grad)
-                k = max(k - decrease, minimum)
             else:
                 sp = _l0(x_best - x)
                 reset = (sp / sp_prev) < 0.95

@@ -11,6 +11,7 @@ from unirobust.data.loader import Augment, AugmentParams, BatchLoader, derive_se
 from unirobust.data.registry import (
     DatasetBundle,
     Split,
+    dataset_shape,
     list_datasets,
     load_dataset,
     normalization_stats,
@@ -24,6 +25,7 @@ __all__ = [
     "DatasetBundle",
     "DatasetFormatError",
     "Split",
+    "dataset_shape",
     "derive_seed",
     "list_datasets",
     "load_dataset",

@@ -281,3 +281,21 @@ def load_dataset(
         input_shape=(int(c), int(h), int(w)),
         class_names=list(class_names),
     )
+
+
+_SHAPES: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "fashion_mnist": (10, (1, 28, 28)),
+    "digits": (10, (1, 8, 8)),
+    "cifar10": (10, (3, 32, 32)),
+    "cifar100": (100, (3, 32, 32)),
+}
+
+
+def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, input shape) of a dataset without reading it (for imported weights)."""
+    canonical = _canonical(name)
+    if canonical not in _SHAPES:
+        raise ConfigError(
+            f"dataset '{name}' has no fixed shape; choose one of {', '.join(sorted(_SHAPES))}"
+        )
+    return _SHAPES[canonical]

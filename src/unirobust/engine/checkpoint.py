@@ -217,3 +217,56 @@ def load_model(
         raise CheckpointError(f"'{path}' does not fit model '{spec['name']}': {first}") from None
     meta["path"] = str(path)
     return model.to(device).eval(), meta
+
+
+def import_weights(
+    source: Path,
+    out: Path,
+    *,
+    model: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    dataset: str,
+    data_dir: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Path:
+    """Convert a plain PyTorch state dict (e.g. an official Generalist checkpoint) to our format.
+
+    The file is read with ``weights_only=True``; a ``state_dict``/``model`` wrapper key and
+    ``module.`` prefixes are removed (generalist.md §3.5, pitfall 17); every weight must fit the
+    named model exactly. The result loads with :func:`load_model` and ``unirobust eval``.
+    """
+    from unirobust.models import build_model
+
+    if out.exists():
+        raise CheckpointError(f"'{out}' exists already; choose another --out")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"'{source}' does not exist") from None
+    except Exception as err:
+        raise CheckpointError(
+            f"'{source}' is not a weights-only torch file ({type(err).__name__}); refusing to "
+            "unpickle it"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"'{source}' does not hold a state dict of tensors")
+    net = build_model(model, num_classes=num_classes, input_shape=input_shape, **(options or {}))
+    try:
+        net.load_state_dict(strip_prefixes(state))
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"'{source}' does not fit model '{model}': {first}") from None
+    meta = {
+        "model": {"name": model, "options": options or {}},
+        "num_classes": num_classes,
+        "input_shape": list(input_shape),
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "imported_from": str(source),
+    }
+    export_model(out, net, meta)
+    return out

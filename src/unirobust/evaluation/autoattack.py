@@ -139,6 +139,14 @@ def configure_autoattack(
         version="custom",
     )
     max_targets = max(n_classes - 1, 1)
+    wanted = l1_target_classes if norm == "L1" else n_target_classes
+    if wanted > max_targets:
+        warnings.warn(
+            f"{n_classes} classes allow {max_targets} target classes, not {wanted}: APGD-T and "
+            "FAB-T run with fewer targets than the protocol (a weaker evaluation)",
+            EvaluationWarning,
+            stacklevel=3,
+        )
     if norm == "L1":
         adversary.apgd.n_restarts = int(l1_restarts)
         adversary.apgd.use_largereps = True

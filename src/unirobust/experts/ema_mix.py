@@ -316,10 +316,35 @@ class EmaMix:
             if self.all_reduce is not None and self._flat is not None:
                 self.all_reduce(self._flat)
             _lerp_list(self._g.floats, self._scratch, weight)
-            _copy_list(self._g.ints, self._ema[0].ints)
+            self._copy_anchor_ints()
             if self.sync_mode == "every_iteration" and self.is_sync_epoch(epoch):
                 self._sync()
         self.s += 1
+
+    def _copy_anchor_ints(self) -> None:
+        """G's integer buffers (num_batches_tracked) come from E_anchor (§3.5, pitfall 20).
+
+        Under torchrun only the anchor's ranks hold E_anchor: the others contribute zeros to a
+        SUM all-reduce, so every rank receives the anchor's values (they differ from another
+        expert's when its objective runs more train-mode forwards, e.g. TRADES).
+        """
+        if not self._g.ints:
+            return
+        if self.all_reduce is None or (self.local_experts is None):
+            _copy_list(self._g.ints, self._ema[0].ints)
+            return
+        holds_anchor = self._local[0] == 0
+        flat = torch.cat(
+            [
+                (t if holds_anchor else torch.zeros_like(t)).reshape(-1).to(torch.int64)
+                for t in self._ema[0].ints
+            ]
+        )
+        self.all_reduce(flat)
+        offset = 0
+        for t in self._g.ints:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def after_epoch(self, experts: list[Expert], epoch: int) -> None:
         """``once_per_epoch``: the single sync of a sync epoch, after its last ``after_step``."""
