@@ -222,7 +222,7 @@ def import_weights_(
     target: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
     data_dir: Annotated[str | None, typer.Option(help="Where that dataset lives.")] = None,
 ) -> None:
-    """Convert foreign weights (``module.`` prefixes stripped) so ``eval`` can attack them."""
+    """Convert foreign weights (module. prefixes stripped) so eval can attack them."""
 
     def action() -> None:
         from unirobust.data import dataset_shape
