@@ -54,8 +54,15 @@ def theirs(model, x, y, threat, batch: int) -> tuple[float, float]:
     from pyautoattack.autopgd_base import APGDAttack
 
     attack = APGDAttack(
-        model, n_iter=100, norm=to_pyautoattack_norm(threat), n_restarts=1, eps=threat.eps,
-        seed=0, loss="ce", device="cpu", use_largereps=threat.norm == "l1",
+        model,
+        n_iter=100,
+        norm=to_pyautoattack_norm(threat),
+        n_restarts=1,
+        eps=threat.eps,
+        seed=0,
+        loss="ce",
+        device="cpu",
+        use_largereps=threat.norm == "l1",
     )
     start = time.perf_counter()
     flags = []
@@ -84,8 +91,10 @@ def main() -> None:
     x, y = data.test.x, data.test.y
     threats = parse_threats(args.threats)
     result: dict = {
-        "model": meta["path"], "points": f"first {args.n} test points", "threads":
-        torch.get_num_threads(), "clean_acc": _correct(model, x, y).float().mean().item(),
+        "model": meta["path"],
+        "points": f"first {args.n} test points",
+        "threads": torch.get_num_threads(),
+        "clean_acc": _correct(model, x, y).float().mean().item(),
         "apgd_ce": {},
     }
     for threat in threats:
@@ -107,8 +116,15 @@ def main() -> None:
         for union_only in (False, True):
             start = time.perf_counter()
             res = evaluate(
-                model, x, y, data.test.indices, threats=threats, suite=args.union_suite,
-                batch_size=args.batch, union_only=union_only, seed=0,
+                model,
+                x,
+                y,
+                data.test.indices,
+                threats=threats,
+                suite=args.union_suite,
+                batch_size=args.batch,
+                union_only=union_only,
+                seed=0,
             )
             timings[union_only] = time.perf_counter() - start
             unions[union_only] = res.union_acc()
