@@ -75,7 +75,7 @@ def _finish(run_dir: Path, evaluate: bool) -> None:
 
     config = load_run_config(run_dir)
     if evaluate and config.eval.enabled:
-        summaries = evaluate_run(run_dir, config.eval, progress=not _quiet_default())
+        summaries = evaluate_run(run_dir, config.eval, progress=True)
         out.print(format_results_table(summaries), highlight=False)
     report = write_report(run_dir)
     out.print(f"run directory: {run_dir}\nreport: {report}", highlight=False)
@@ -169,7 +169,7 @@ def eval_(
         except (ValueError, ValidationError) as err:  # one line naming the option
             first = str(err).splitlines()
             raise ConfigError(f"bad eval option: {' '.join(first[1:3]).strip()}") from None
-        summaries = evaluate_run(target, spec, progress=not _quiet_default(), seed=seed)
+        summaries = evaluate_run(target, spec, progress=True, seed=seed)
         out.print(format_results_table(summaries), highlight=False)
 
     _run(action)

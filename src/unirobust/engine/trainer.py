@@ -10,6 +10,7 @@ is written. Metrics go to ``metrics.jsonl``.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,21 @@ def _accumulate(sums: dict[str, float], logs: dict[str, float], batch: int) -> N
         sums[key] = sums.get(key, 0.0) + value * weight
 
 
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One line per epoch for logs (the progress bar's stand-in when it is off)."""
+    train = " ".join(
+        f"{name} loss {v['loss']:.3f} acc {100 * v['acc']:.1f}%"
+        for name, v in record["train"].items()
+    )
+    line = f"epoch {record['epoch']}/{epochs} {record['time_s']:.0f}s {train}"
+    val = record.get("val")
+    if val:
+        line += f" | val clean {100 * val['clean_acc']:.1f}%"
+        if val.get("robust_acc") is not None:
+            line += f" robust {100 * val['robust_acc']:.1f}%"
+    return line + (" *best*" if record.get("is_best") else "")
+
+
 @dataclass
 class TrainerState:
     epoch: int = 0
@@ -215,6 +231,8 @@ class Trainer:
             if self.ctx.is_main:
                 self.run.log(record)
                 self.state.history.append(record)
+                if not self.progress:
+                    print(epoch_line(record, epochs), file=sys.stderr, flush=True)
             self.ctx.barrier()
         return self.state
 
