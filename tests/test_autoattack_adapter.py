@@ -101,9 +101,10 @@ def test_configuration_matches_pyautoattack_standard(norm, spec):
 
 
 def test_target_classes_clamped_to_classes():
-    aa = configure_autoattack(
-        _model(), parse_threat("linf:0.1"), ["apgd-t"], seed=0, device="cpu", n_classes=5
-    )
+    with pytest.warns(EvaluationWarning, match="fewer targets than the protocol"):
+        aa = configure_autoattack(
+            _model(), parse_threat("linf:0.1"), ["apgd-t"], seed=0, device="cpu", n_classes=5
+        )
     assert aa.apgd_targeted.n_target_classes == 4 and aa.fab.n_target_classes == 4
 
 
