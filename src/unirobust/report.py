@@ -1235,7 +1235,8 @@ def _plot_tradeoff(
             if agg is None or agg["mean"] is None or c["mean"] is None:
                 continue
             used.append(r)
-            lab = f"{r['method']} (n={r['n_seeds']} seeds)"
+            n = r["n_seeds"]
+            lab = f"{r['method']} ({n} seed{'s' if n != 1 else ''})"
             if multi_setup:
                 lab += f" [{r['suite']}]"
             ax.errorbar(
@@ -1254,6 +1255,7 @@ def _plot_tradeoff(
         ax.set_xlabel(f"clean accuracy (%), n={npts} points")
         ax.set_ylabel(_wrap(f"robust accuracy (%) under {label}\nsuite {suites}, n={npts}", 45))
         ax.set_title(_wrap(f"{label} — {points}", 60), fontsize=9)
+        ax.margins(0.15)
         ax.grid(alpha=0.3)
         if used:
             ax.legend(fontsize=7)
