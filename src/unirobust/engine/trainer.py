@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -166,7 +167,7 @@ class Trainer:
         self.state = TrainerState()
 
     # ----------------------------------------------------------------------------- checkpoints
-    def _state_path(self):
+    def _state_path(self) -> Path:
         return self.run.train_state_path(self.ctx.rank if self.ctx.enabled else None)
 
     def save_state(self) -> None:
@@ -201,8 +202,14 @@ class Trainer:
             )
         for expert in self.built.experts:
             part = state["experts"][expert.name]
-            unwrap(expert.model).load_state_dict(part["model"])
-            expert.optimizer.load_state_dict(part["optimizer"])
+            try:
+                unwrap(expert.model).load_state_dict(part["model"])
+                expert.optimizer.load_state_dict(part["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise CheckpointError(
+                    f"'{path}' does not fit expert '{expert.name}' of this run ({first[:200]})"
+                ) from None
         self.built.merge.load_state_dict(state["merge"])
         for name, generator in self.built.generators.items():
             generator.set_state(state["generators"][name])
