@@ -84,3 +84,32 @@ def test_train_then_refuse_then_report(tmp_path: Path) -> None:
     _one_line_error(_invoke("train", str(path), "--out", str(run)), "already exists", "--resume")
     _one_line_error(_invoke("train", str(path), "--resume", str(run)), "--resume")
     assert _invoke("report", str(run)).exit_code == 0
+
+
+def test_import_weights_command(tmp_path: Path) -> None:
+    import torch
+
+    from unirobust.models import build_model
+
+    model = build_model("mlp", num_classes=10, input_shape=(1, 8, 8))
+    source = tmp_path / "w.pt"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, source)
+    out = tmp_path / "w.safetensors"
+    args = ["import-weights", str(source), "--model", "mlp", "--dataset", "digits", "--out"]
+    result = _invoke(*args, str(out))
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "unirobust eval" in result.output
+    _one_line_error(_invoke(*args, str(out)), "exists already")
+    _one_line_error(
+        _invoke(
+            "import-weights",
+            str(source),
+            "--model",
+            "mlp",
+            "--dataset",
+            "mnist-x",
+            "--out",
+            str(tmp_path / "y.safetensors"),
+        ),
+        "mnist-x",
+    )
