@@ -113,3 +113,13 @@ def test_import_weights_command(tmp_path: Path) -> None:
         ),
         "mnist-x",
     )
+
+
+def test_missing_dataset_leaves_no_run_directory(tmp_path: Path) -> None:
+    recipe = tiny_recipe(data={"name": "fashion_mnist", "data_dir": str(tmp_path / "nowhere")})
+    _invoke("train", str(_write(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_linf_radius_above_one_is_rejected(tmp_path: Path) -> None:
+    _one_line_error(_invoke("eval", str(tmp_path), "--threats", "linf:2"), "linf:2", "[0, 1]")

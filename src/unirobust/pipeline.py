@@ -80,15 +80,17 @@ def train(
     n_experts = len(expand_experts(config))
     ctx = init_distributed(distributed_mode(config, n_experts), n_experts, device)
     try:
+        root = Path(resume if resume is not None else out or Path("runs") / config.name)
         if resume is not None:
-            run = RunDir.open_existing(Path(resume))
+            run = RunDir.open_existing(root)
         else:
-            root = Path(out) if out is not None else Path("runs") / config.name
+            RunDir.refuse_existing(root)  # before any work, so a refusal costs nothing
+        bundle = load_data(config, device)  # a missing dataset fails before the run dir exists
+        if resume is None:
             if ctx.is_main:
-                run = RunDir.create(root, config_to_dict(config))
+                RunDir.create(root, config_to_dict(config))
             ctx.barrier()
             run = RunDir(root)
-        bundle = load_data(config, device)
         torch.manual_seed(config.seed)
         initial = build_model_for(config, bundle.num_classes, bundle.input_shape)
         built = build_experts(

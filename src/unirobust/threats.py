@@ -416,7 +416,14 @@ def parse_threat(text: str) -> ThreatModel:
         )
     if not radius_text:
         raise ConfigError(f"malformed threat {text!r}: missing radius after ':'")
-    return _CLASSES[norm](_parse_radius(radius_text, text))
+    eps = _parse_radius(radius_text, text)
+    if norm == "linf" and eps > 1:
+        # inputs live in [0,1]: a larger l_inf radius lets the attack reach any image
+        raise ConfigError(
+            f"invalid radius {radius_text!r} in threat {text!r}: an linf radius must be in "
+            "[0, 1] for inputs in [0, 1] (e.g. 8/255)"
+        )
+    return _CLASSES[norm](eps)
 
 
 def parse_threats(text: str) -> list[ThreatModel]:

@@ -128,8 +128,8 @@ def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> di
         ) from None
     except Exception as err:  # weights_only refuses pickled objects with UnpicklingError
         raise CheckpointError(
-            f"'{path}' holds objects that are not plain tensors/data; refusing to unpickle it "
-            f"({type(err).__name__})"
+            f"'{path}' is corrupted or holds objects other than tensors and plain data; refusing "
+            f"to unpickle it ({type(err).__name__})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"'{path}' is not a unirobust train state (format tag missing)")

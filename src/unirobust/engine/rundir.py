@@ -58,15 +58,21 @@ class RunDir:
     def model_path(self, which: str) -> Path:
         return self.checkpoints / f"model_{which}.safetensors"
 
-    @classmethod
-    def create(cls, root: Path, config: dict[str, Any]) -> RunDir:
-        """Make a fresh run directory; refuse an existing non-empty one."""
+    @staticmethod
+    def refuse_existing(root: Path) -> None:
+        """A new run never reuses a directory that exists and is not empty."""
         root = Path(root)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RunDirError(
                 f"run directory '{root}' already exists and is not empty; continue it with "
                 f"--resume {root} or choose another with --out"
             )
+
+    @classmethod
+    def create(cls, root: Path, config: dict[str, Any]) -> RunDir:
+        """Make a fresh run directory; refuse an existing non-empty one."""
+        root = Path(root)
+        cls.refuse_existing(root)
         root.mkdir(parents=True, exist_ok=True)
         run = cls(root)
         run.checkpoints.mkdir(exist_ok=True)
