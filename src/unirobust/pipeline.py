@@ -23,6 +23,7 @@ from unirobust.engine.distributed import init_distributed, shutdown_distributed
 from unirobust.engine.rundir import RunDir
 from unirobust.engine.trainer import Trainer
 from unirobust.errors import ConfigError
+from unirobust.models import batched_logits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -249,18 +250,12 @@ def _corruptions(model, bundle, spec: EvalConfig, progress: bool) -> dict[str, A
     }
 
 
-@torch.no_grad()
-def _logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
-
-
 def _calibration(model, bundle, calibration_metrics, fit_temperature) -> dict[str, Any]:
     """Test-set calibration, and temperature scaling fitted on the validation split only."""
-    logits = _logits(model, bundle.test.x)
+    logits = batched_logits(model, bundle.test.x)
     out = dict(calibration_metrics(logits, bundle.test.y))
     if bundle.val is not None and len(bundle.val) > 0:
-        temperature = float(fit_temperature(_logits(model, bundle.val.x), bundle.val.y))
+        temperature = float(fit_temperature(batched_logits(model, bundle.val.x), bundle.val.y))
         scaled = calibration_metrics(logits / temperature, bundle.test.y)
         out["temperature"] = temperature
         out["ece_scaled"] = float(scaled["ece"])

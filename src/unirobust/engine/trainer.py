@@ -34,6 +34,7 @@ from unirobust.engine.distributed import DistContext
 from unirobust.engine.progress import EpochProgress
 from unirobust.engine.rundir import RunDir
 from unirobust.errors import CheckpointError
+from unirobust.models import batched_logits
 from unirobust.seeding import derive_seed
 
 
@@ -53,21 +54,9 @@ class ValidationResult:
         }
 
 
-@torch.no_grad()
-def clean_correct(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
-) -> torch.Tensor:
-    """Per-sample correctness of an eval-mode model (mode restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat(
-        [
-            model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-    model.train(was_training)
-    return out
+def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample correctness of the model in eval mode (its mode is restored afterwards)."""
+    return batched_logits(model, x).argmax(1) == y
 
 
 def validate(

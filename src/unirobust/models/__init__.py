@@ -8,7 +8,13 @@ from unirobust.models.lenet import LeNet
 from unirobust.models.mlp import MLP
 from unirobust.models.normalize import ImageClassifier, Normalize, make_normalize
 from unirobust.models.preact_resnet import PreActResNet18
-from unirobust.models.registry import build_model, list_models, model_device, model_options
+from unirobust.models.registry import (
+    batched_logits,
+    build_model,
+    list_models,
+    model_device,
+    model_options,
+)
 from unirobust.models.resnet import ResNet18
 from unirobust.models.wide_resnet import WideResNet
 
@@ -20,6 +26,7 @@ __all__ = [
     "PreActResNet18",
     "ResNet18",
     "WideResNet",
+    "batched_logits",
     "build_model",
     "list_models",
     "make_normalize",

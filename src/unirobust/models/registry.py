@@ -103,3 +103,14 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+@torch.no_grad()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Eval-mode logits of ``x`` in batches; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
