@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from unirobust.build import build_objective, build_schedule
-from unirobust.config import ObjectiveConfig
 from unirobust.experts.expert import Expert
+from unirobust.experts.schedules import schedule_for
 from unirobust.models import build_model
+from unirobust.objectives.base import OBJECTIVES, ObjectiveContext
 
 OUT = Path(__file__).resolve().parent / "results" / "training.json"
 
 
 def make_expert(
-    objective: ObjectiveConfig,
+    objective: dict,
     *,
     bf16: bool = False,
     channels_last: bool = False,
@@ -43,9 +43,11 @@ def make_expert(
     return Expert(
         name="bench",
         model=model,
-        objective=build_objective(objective, torch.Generator().manual_seed(0)),
+        objective=OBJECTIVES.build(
+            OBJECTIVES.validate(objective), ObjectiveContext(torch.Generator().manual_seed(0))
+        ),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
-        lr_schedule=build_schedule({"kind": "constant", "value": 0.01}, 1, "bench"),
+        lr_schedule=schedule_for({"kind": "constant", "value": 0.01}, 1, "bench"),
         autocast_bf16=bf16,
     )
 
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    natural = ObjectiveConfig(name="natural")
+    natural = {"name": "natural"}
     result = {
         "model": "lenet (1x28x28, batch 128)",
         "threads": args.threads,
@@ -77,11 +79,11 @@ def main() -> None:
         "objectives": {
             "natural": images_per_s(make_expert(natural), args.steps),
             "pgd_at (PGD-10)": images_per_s(
-                make_expert(ObjectiveConfig(name="pgd_at", threat="linf:0.1")),
+                make_expert({"name": "pgd_at", "threat": "linf:0.1"}),
                 max(2, args.steps // 5),
             ),
             "trades (KL PGD-10)": images_per_s(
-                make_expert(ObjectiveConfig(name="trades", threat="linf:0.1")),
+                make_expert({"name": "trades", "threat": "linf:0.1"}),
                 max(2, args.steps // 5),
             ),
         },

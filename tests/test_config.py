@@ -8,7 +8,6 @@ import pytest
 import yaml
 from conftest import generalist_tiny, tiny_recipe
 
-from unirobust.build import expand_experts
 from unirobust.config import apply_override, load_recipe, parse_override, validate_recipe
 from unirobust.errors import ConfigError
 
@@ -65,7 +64,7 @@ def test_bad_threat_and_missing_threat() -> None:
     with pytest.raises(ConfigError, match=r"linf:-1|radius|eps"):
         validate_recipe(data)
     data["train"]["experts"][0]["objective"] = {"name": "pgd_at"}
-    with pytest.raises(ConfigError, match="needs a threat"):
+    with pytest.raises(ConfigError, match="objective .pgd_at.: missing required key .threat."):
         validate_recipe(data)
 
 
@@ -87,17 +86,23 @@ def test_two_experts_need_merge_and_weights_sum_to_one() -> None:
         validate_recipe(data)
 
 
+def expand_experts(config):
+    """The single stage's experts after the preset expanded (what stages.json records)."""
+    return config.train.resolved_stages()[0].experts
+
+
 def test_generalist_preset_expansion() -> None:
     config = validate_recipe(generalist_tiny())
-    experts = expand_experts(config)
+    stage = config.train.resolved_stages()[0]
+    experts = stage.experts
     assert [e.name for e in experts] == ["robust", "natural"]
     assert experts[0].objective.name == "pgd_at" and experts[1].objective.name == "natural"
-    assert experts[0].mix_weight["values"] == [1.0, 1.0, 1.0, 0.4]
-    assert experts[1].mix_weight["values"] == pytest.approx([0.0, 0.0, 0.0, 0.6])
+    assert stage.merge.weights["robust"]["values"] == [1.0, 1.0, 1.0, 0.4]
+    assert stage.merge.weights["natural"]["values"] == pytest.approx([0.0, 0.0, 0.0, 0.6])
     assert experts[0].optimizer.weight_decay == 3.5e-3 and experts[1].optimizer.weight_decay == 5e-4
     data = generalist_tiny()
     data["train"]["generalist"]["preset"] = "linf_l2"
-    names = [e.objective.threat for e in expand_experts(validate_recipe(data))]
+    names = [str(e.objective.threat) for e in expand_experts(validate_recipe(data))]
     assert names == ["linf:0.1", "l2:0.5"]
 
 
@@ -127,17 +132,18 @@ def test_missing_recipe_and_bad_yaml(tmp_path: Path) -> None:
 
 def test_preset_experts_share_lr_and_weights_sum_to_one() -> None:
     """Pitfall 6 (natural expert on the robust lr schedule) and oracle 5 for every preset."""
-    from unirobust.build import build_schedule
     from unirobust.experts.ema_mix import check_mix_weights
+    from unirobust.experts.schedules import schedule_for
 
     for preset in ("nat_linf", "linf_l2"):
         data = generalist_tiny()
         data["train"]["generalist"]["preset"] = preset
         config = validate_recipe(data)
-        experts = expand_experts(config)
+        stage = config.train.resolved_stages()[0]
+        experts = stage.experts
         assert experts[0].lr_schedule == experts[1].lr_schedule
         epochs = config.train.epochs
-        weights = [build_schedule(e.mix_weight, epochs, e.name) for e in experts]
+        weights = [schedule_for(stage.merge.weights[e.name], epochs, e.name) for e in experts]
         check_mix_weights(weights, epochs)
         for epoch in range(1, epochs + 1):
             assert sum(w.at(epoch, 0, 10) for w in weights) == pytest.approx(1.0, abs=1e-9)
@@ -150,14 +156,15 @@ def test_preset_steps_validation_and_official_eps() -> None:
     config = validate_recipe(data)
     robust = expand_experts(config)[0].objective
     assert robust.step_size == pytest.approx(0.1 / 4)  # eps/4 whatever the step count
-    assert config.validation.threats == ["linf:0.1"]  # selection uses the preset's norm
+    assert [str(t) for t in config.validation.threats] == ["linf:0.1"]  # the preset's norm
     data["train"]["generalist"].update(official_eps=True, robust_objective="trades")
     config = validate_recipe(data)
     robust = expand_experts(config)[0].objective
-    assert (robust.name, robust.threat, robust.step_size) == ("trades", "linf:0.031", 0.007)
-    assert config.validation.threats == ["linf:0.031"]
+    assert (robust.name, str(robust.threat), robust.step_size) == ("trades", "linf:0.031", 0.007)
+    assert [str(t) for t in config.validation.threats] == ["linf:0.031"]
     data["train"]["generalist"].update(official_eps=False, preset="linf_l2")
-    assert validate_recipe(data).validation.threats == ["linf:0.1", "l2:0.5"]
+    threats = validate_recipe(data).validation.threats
+    assert [str(t) for t in threats] == ["linf:0.1", "l2:0.5"]
 
 
 def test_distributed_mode_auto(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from unirobust.experts.ema_mix import (
 from unirobust.experts.expert import Expert
 from unirobust.experts.merge import NoMerge
 from unirobust.experts.schedules import Constant, build_schedule
-from unirobust.objectives.base import NaturalObjective
+from unirobust.objectives.natural import NaturalObjective
 
 EPOCHS = 6  # knots 0/2/4/6; default sync epochs 4, 5, 6
 N_ITERS = 3

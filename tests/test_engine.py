@@ -14,7 +14,7 @@ from unirobust.engine.checkpoint import load_train_state, read_model_file
 from unirobust.errors import RunDirError, TrainingDivergedError
 from unirobust.experts.expert import Expert
 from unirobust.experts.schedules import build_schedule
-from unirobust.objectives.base import ObjectiveOutput
+from unirobust.objectives.base import Objective, scored
 from unirobust.pipeline import train
 
 
@@ -86,8 +86,11 @@ def test_single_expert_ema_mix_without_sync_keeps_plain_trajectory(tmp_path: Pat
     """generalist.md oracle 8: N=1, sync off -> θ is bitwise the plain trainer's θ."""
     plain = tiny_recipe()
     mixed = tiny_recipe()
-    mixed["train"]["experts"][0]["mix_weight"] = {"kind": "constant", "value": 1.0}
-    mixed["train"]["merge"] = {"name": "ema_mix", "sync_mode": "off"}
+    mixed["train"]["merge"] = {
+        "name": "ema_mix",
+        "sync_mode": "off",
+        "weights": {"natural": {"kind": "constant", "value": 1.0}},
+    }
     a = train(validate_recipe(plain), out=tmp_path / "a", progress=False)
     b = train(validate_recipe(mixed), out=tmp_path / "b", progress=False)
     sa = load_train_state(a / "checkpoints" / "train_state.pt")["experts"]["natural"]["model"]
@@ -98,12 +101,12 @@ def test_single_expert_ema_mix_without_sync_keeps_plain_trajectory(tmp_path: Pat
     assert any(not torch.equal(g[k], sb[k]) for k in sb)
 
 
-class _NanObjective:
+class _NanObjective(Objective):
     name = "nan"
 
     def __call__(self, model, x, y):
         logits = model(x)
-        return ObjectiveOutput(logits.sum() * float("nan"), logits)
+        return scored(logits.sum() * float("nan"), logits, y)
 
 
 def test_nan_loss_stops_before_the_update() -> None:
@@ -115,6 +118,7 @@ def test_nan_loss_stops_before_the_update() -> None:
         objective=_NanObjective(),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         lr_schedule=build_schedule({"kind": "constant", "value": 0.1}),
+        check_finite=True,
     )
     with pytest.raises(TrainingDivergedError, match="loss became nan"):
         expert.train_step(torch.rand(2, 4), torch.tensor([0, 1]))

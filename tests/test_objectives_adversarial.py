@@ -12,8 +12,9 @@ from torch import nn
 
 from unirobust.attacks import attack_mode, pgd
 from unirobust.errors import ConfigError
-from unirobust.objectives.adversarial import PgdAT, Trades
 from unirobust.objectives.base import Objective
+from unirobust.objectives.pgd_at import PgdAT
+from unirobust.objectives.trades import Trades
 from unirobust.threats import L1Ball, L2Ball, LinfBall
 
 
@@ -69,8 +70,8 @@ def test_objective_contract_modes_bn_and_gradients(name: str) -> None:
     # attacks ran in eval mode: only the update's train-mode forwards touched BN statistics
     assert bn_steps(model) == TRAIN_FORWARDS[obj.name]
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    assert out.logits.shape == (x.shape[0], 3) and out.logits.requires_grad
-    assert all(isinstance(v, float) for v in out.logs.values())
+    assert out.count == x.shape[0] and 0 <= int(out.correct) <= out.count
+    assert all(m.reduction == "mean" and not m.value.requires_grad for m in out.metrics.values())
     out.loss.backward()
     for p in model.parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0
@@ -85,7 +86,7 @@ def test_pgd_at_loss_is_train_mode_ce_on_the_attack_points() -> None:
     x_adv = pgd(model, x, y, threat, steps=3, generator=torch.Generator().manual_seed(5))
     out = PgdAT(threat, steps=3, generator=torch.Generator().manual_seed(5))(model, x, y)
     logits = model(x_adv)
-    torch.testing.assert_close(out.logits, logits)
+    assert int(out.correct) == int((logits.argmax(1) == y).sum())
     torch.testing.assert_close(out.loss, F.cross_entropy(logits, y))
 
 
@@ -94,7 +95,7 @@ def test_pgd_at_apgd_logs_attack_accuracy() -> None:
     model = make_model()
     model.train()
     out = PgdAT(LinfBall(0.05), attack="apgd", steps=5)(model, x, y)
-    assert 0.0 <= out.logs["adv_acc"] <= 1.0
+    assert 0.0 <= float(out.metrics["adv_acc"].value) <= 1.0
 
 
 def test_trades_formula_beta_zero_and_eps_zero() -> None:
@@ -103,12 +104,12 @@ def test_trades_formula_beta_zero_and_eps_zero() -> None:
     model.train()
     out = Trades(LinfBall(0.1), beta=0.0, generator=torch.Generator().manual_seed(1))(model, x, y)
     clean = model(x)
-    torch.testing.assert_close(out.logits, clean)
+    assert int(out.correct) == int((clean.argmax(1) == y).sum())  # scored on clean logits
     torch.testing.assert_close(out.loss, F.cross_entropy(clean, y))
-    assert out.logs["loss_robust"] >= 0.0
+    assert float(out.metrics["loss_robust"].value) >= 0.0
     # eps = 0: x' = x, so the KL term vanishes and the loss is the clean CE
     out0 = Trades(LinfBall(0.0), generator=torch.Generator().manual_seed(1))(model, x, y)
-    assert out0.logs["loss_robust"] == pytest.approx(0.0, abs=1e-7)
+    assert float(out0.metrics["loss_robust"].value) == pytest.approx(0.0, abs=1e-7)
     torch.testing.assert_close(out0.loss, F.cross_entropy(model(x), y))
 
 
@@ -121,9 +122,9 @@ def test_trades_kl_term_matches_definition_and_is_deterministic() -> None:
     model.load_state_dict(initial)  # the first call moved the BN running stats
     b = Trades(L2Ball(0.5), beta=6.0, generator=torch.Generator().manual_seed(3))(model, x, y)
     torch.testing.assert_close(a.loss, b.loss)
-    expected = a.logs["loss_natural"] + 6.0 * a.logs["loss_robust"]
+    expected = float(a.metrics["loss_natural"].value) + 6.0 * float(a.metrics["loss_robust"].value)
     assert float(a.loss.detach()) == pytest.approx(expected, rel=1e-5)
-    assert a.logs["loss_robust"] > 0.0
+    assert float(a.metrics["loss_robust"].value) > 0.0
 
 
 def test_trades_attack_increases_kl_over_the_noise_start() -> None:

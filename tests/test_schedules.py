@@ -22,7 +22,7 @@ from unirobust.experts.schedules import (
     static,
     superconverge,
 )
-from unirobust.objectives.base import NaturalObjective
+from unirobust.objectives.natural import NaturalObjective
 
 E = 120
 

@@ -3,46 +3,42 @@
 Every section forbids unknown keys; :func:`load_recipe` turns pydantic's errors into one line that
 names the file, the bad key, the closest valid key and what is allowed. ``--set a.b=value``
 overrides are parsed as YAML scalars and applied before validation, so they get the same checks.
+Threats are parsed once here into threat objects (``schema.Threat``); nothing downstream re-parses.
 
-A run is a list of experts (objective, optimizer, lr schedule, optional mix weight) and a merge
-rule (DESIGN.md). ``train.generalist`` is a compact preset block that expands into the experts of
-generalist.md §3.3 (``nat_linf``: the CVPR method; ``linf_l2``: the project's own pairing).
+A run is a list of **stages** (default: one, written with the short form ``train.epochs`` /
+``train.experts`` / ``train.merge``). A stage is a set of experts (objective, optimizer, lr
+schedule), a merge rule, the parameters that train and the BatchNorm mode. Objectives and merge
+rules are plug-ins: their sections are validated by the registered plug-in's own spec
+(``unirobust.registry``). ``train.generalist`` is a compact preset that expands into the experts
+and mix weights of generalist.md §3.3 (``presets.expand_generalist``). ``init_from`` starts the
+run's weights from a run directory, an exported ``.safetensors`` file or a foreign state dict.
 """
 
 from __future__ import annotations
 
-import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from unirobust.errors import ConfigError
+from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
+from unirobust.objectives.base import OBJECTIVES
+from unirobust.schema import Spec, Strict, Threat, describe_error, plugin_field
 
+ThreatList = list[Threat]
+"""Threats such as ``linf:8/255``, each parsed once into a ThreatModel at load time."""
 
-def _check_threats(texts: list[str]) -> list[str]:
-    for text in texts:
-        _check_threat(text)
-    return texts
-
-
-ThreatList = Annotated[list[str], AfterValidator(_check_threats)]
-"""Threat strings such as ``linf:8/255``, each checked by the one threat parser."""
-
-
-class Strict(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+ObjectiveField = Annotated[SerializeAsAny[Spec], plugin_field(OBJECTIVES)]
+MergeField = Annotated[SerializeAsAny[Spec], plugin_field(MERGE_RULES)]
 
 
 class AugmentConfig(Strict):
@@ -67,26 +63,6 @@ class ModelConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class ObjectiveConfig(Strict):
-    """A training loss; ``threat`` is written like ``linf:8/255`` (issue 3)."""
-
-    name: Literal["natural", "pgd_at", "trades"] = "natural"
-    threat: str | None = None
-    attack: Literal["pgd", "apgd"] = "pgd"
-    steps: int = Field(10, ge=1)
-    step_size: float | None = Field(None, gt=0)
-    random_start: bool | None = None
-    beta: float = Field(6.0, ge=0)
-
-    @model_validator(mode="after")
-    def _threat_needed(self) -> ObjectiveConfig:
-        if self.name != "natural" and self.threat is None:
-            raise ValueError(f"objective '{self.name}' needs a threat, e.g. threat: linf:8/255")
-        if self.threat is not None:
-            _check_threat(self.threat)
-        return self
-
-
 class OptimizerConfig(Strict):
     """SGD (momentum, no Nesterov by default) or Adam/AdamW.
 
@@ -105,11 +81,12 @@ class OptimizerConfig(Strict):
 
 
 class ExpertConfig(Strict):
+    """One model trained by one objective (any registered one) with its optimizer and lr."""
+
     name: str
-    objective: ObjectiveConfig
+    objective: ObjectiveField
     optimizer: OptimizerConfig = OptimizerConfig()
     lr_schedule: dict[str, Any] = Field(default_factory=lambda: {"kind": "constant", "value": 0.1})
-    mix_weight: dict[str, Any] | None = None
 
 
 class GeneralistConfig(Strict):
@@ -121,8 +98,8 @@ class GeneralistConfig(Strict):
     """
 
     preset: Literal["nat_linf", "linf_l2"] = "nat_linf"
-    linf: str = "linf:8/255"
-    l2: str = "l2:0.5"
+    linf: Threat = "linf:8/255"
+    l2: Threat = "l2:0.5"
     official_eps: bool = False
     robust_objective: Literal["pgd_at", "trades"] = "pgd_at"
     trades_beta: float = Field(6.0, ge=0)
@@ -137,16 +114,6 @@ class GeneralistConfig(Strict):
     schedule_granularity: Literal["epoch", "iteration"] = "epoch"
 
 
-class MergeConfig(Strict):
-    """``none``: one expert, no merge. ``ema_mix``: Generalist's global learner (generalist.md)."""
-
-    name: Literal["none", "ema_mix"] = "none"
-    ema_cap: float = Field(0.999, gt=0, lt=1)
-    sync_start: int | None = Field(None, ge=1)
-    sync_interval: int | None = Field(None, ge=1)
-    sync_mode: Literal["every_iteration", "once_per_epoch", "off"] = "every_iteration"
-
-
 class DistributedConfig(Strict):
     """How ranks are used under torchrun: ``data`` splits each batch over all ranks for every
     expert; ``experts`` gives each expert its own process group (generalist.md §3.4). ``auto``
@@ -156,33 +123,126 @@ class DistributedConfig(Strict):
     mode: Literal["auto", "data", "experts"] = "auto"
 
 
-class TrainConfig(Strict):
+_STAGE_KEYS = ("epochs", "experts", "generalist", "merge", "trainable", "bn_mode")
+
+
+def _check_trainable(value: str) -> str:
+    if value in ("all", "head"):
+        return value
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(
+            f"trainable must be all, head or a regular expression over parameter names; "
+            f"{value!r} is not a valid pattern ({err})"
+        ) from None
+    return value
+
+
+class StageConfig(Strict):
+    """One stage of a run (issue 7 point 6): experts, a merge rule, what trains, the BN mode.
+
+    ``trainable``: ``all``, ``head`` (the model's classifier head) or a regular expression
+    matched (``re.search``) against parameter names; only those parameters get gradients and go
+    into the optimizer. ``bn_mode: frozen`` keeps every BatchNorm layer in eval mode and its affine
+    parameters out of the optimizer, so running statistics and affine stay bit for bit.
+    """
+
+    name: str = "train"
     epochs: int = Field(10, ge=1)
     experts: list[ExpertConfig] = Field(default_factory=list)
     generalist: GeneralistConfig | None = None
-    merge: MergeConfig = MergeConfig()
-    grad_clip: float | None = Field(None, gt=0)
-    bf16_autocast: bool = False
-    channels_last: bool = False
-    compile: Literal["off", "default", "eager"] = "off"
-    distributed: DistributedConfig = DistributedConfig()
+    merge: MergeField = NoMergeSpec()
+    trainable: str = "all"
+    bn_mode: Literal["train", "frozen"] = "train"
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable(cls, value: str) -> str:
+        return _check_trainable(value)
 
     @model_validator(mode="after")
-    def _experts_present(self) -> TrainConfig:
+    def _experts_present(self) -> StageConfig:
         if self.generalist is not None and self.experts:
-            raise ValueError("give either train.generalist (a preset) or train.experts, not both")
+            raise ValueError("give either generalist (a preset) or experts, not both")
         if self.generalist is None and not self.experts:
-            raise ValueError("train.experts is empty: list at least one expert")
+            raise ValueError("experts is empty: list at least one expert")
         names = [e.name for e in self.experts]
         if len(set(names)) != len(names):
             raise ValueError(f"expert names must be unique, got {names}")
         return self
 
 
+class TrainConfig(Strict):
+    """The run's stages and the options they share.
+
+    Short form (one stage): ``epochs``, ``experts`` or ``generalist``, ``merge``, ``trainable``,
+    ``bn_mode`` directly here. Long form: ``stages: [...]``, each a :class:`StageConfig`.
+    ``log_every``: steps between reads of the on-device running sums (progress, finiteness);
+    ``check_finite: every_step`` checks each loss before its update instead (one host sync a step).
+    """
+
+    epochs: int = Field(10, ge=1)
+    experts: list[ExpertConfig] = Field(default_factory=list)
+    generalist: GeneralistConfig | None = None
+    merge: MergeField = NoMergeSpec()
+    trainable: str = "all"
+    bn_mode: Literal["train", "frozen"] = "train"
+    stages: list[StageConfig] = Field(default_factory=list)
+    grad_clip: float | None = Field(None, gt=0)
+    bf16_autocast: bool = False
+    channels_last: bool = False
+    compile: Literal["off", "default", "eager"] = "off"
+    distributed: DistributedConfig = DistributedConfig()
+    log_every: int = Field(50, ge=1)
+    check_finite: Literal["every_step", "log_interval"] = "log_interval"
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable(cls, value: str) -> str:
+        return _check_trainable(value)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TrainConfig:
+        if self.stages:
+            short = sorted(set(_STAGE_KEYS) & self.model_fields_set)
+            if short:
+                raise ValueError(
+                    f"with train.stages, set {', '.join(short)} inside each stage, not in train"
+                )
+            names = [s.name for s in self.stages]
+            if len(set(names)) != len(names):
+                raise ValueError(f"stage names must be unique, got {names}")
+            return self
+        self._short_stage()  # the same checks as a stage
+        return self
+
+    def _short_stage(self) -> StageConfig:
+        return StageConfig(**{k: getattr(self, k) for k in _STAGE_KEYS})
+
+    def resolved_stages(self) -> list[StageConfig]:
+        """The stages with presets expanded (what runs, and what ``stages.json`` records)."""
+        from unirobust.presets import expand_generalist
+
+        stages = self.stages or [self._short_stage()]
+        return [expand_generalist(s) for s in stages]
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages) if self.stages else self.epochs
+
+
 class ValidationConfig(Strict):
-    """Per-epoch model selection on the validation split (generalist.md §3.6): clean + PGD."""
+    """Per-epoch model selection on the validation split, never the test set.
+
+    PGD-``steps`` (step eps/4, random start) per threat (generalist.md §3.6). ``select`` is the
+    selection score (``engine.selection``): ``clean_plus_robust`` (clean + mean robust accuracy
+    over the threats, generalist.md §3.6), ``clean``, ``robust`` (mean robust accuracy) or
+    ``union`` (per sample, robust under every threat at once; multinorm.md §8).
+    """
 
     threats: ThreatList = Field(default_factory=list)
+    select: Literal["clean_plus_robust", "clean", "robust", "union"] = "clean_plus_robust"
     steps: int = Field(20, ge=1)
     n: int | None = Field(None, gt=0)
     every: int = Field(1, ge=1)
@@ -224,6 +284,20 @@ class EvalConfig(Strict):
         return value
 
 
+class InitFrom(Strict):
+    """Where a run's initial weights come from (issue 7 point 5; fine-tuning recipes).
+
+    ``path``: a run directory (its exported ``checkpoint``), an exported ``.safetensors`` file, or
+    a foreign state dict (``.pt``/``.pth``, read by the restricted importer; ``module.``-style
+    prefixes stripped). Every tensor must match the model's name and shape; the first mismatch is
+    a one-line error. ``strict: false`` leaves missing tensors (e.g. a new head) at their init.
+    """
+
+    path: str
+    checkpoint: Literal["best", "last"] = "best"
+    strict: bool = True
+
+
 class RunConfig(Strict):
     name: str
     description: str = ""
@@ -235,6 +309,20 @@ class RunConfig(Strict):
     train: TrainConfig
     validation: ValidationConfig = ValidationConfig()
     eval: EvalConfig = EvalConfig()
+    init_from: InitFrom | None = None
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _init_from_text(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _semantics(self) -> RunConfig:
+        """Checks that need the registries: raise ConfigError (prefixed with the file later)."""
+        from unirobust.checks import check_run
+
+        check_run(self)
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -264,59 +352,8 @@ class RunConfig(Strict):
         return value
 
 
-def _check_threat(text: str) -> None:
-    """Validate a threat string through the threat parser (one source of truth)."""
-    from unirobust.threats import parse_threat
-
-    try:
-        parse_threat(text)
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading, overrides and error messages
-
-
-def _section_model(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model at a location in the recipe, to list its valid keys."""
-    model: type[BaseModel] | None = RunConfig
-    for part in path:
-        if model is None or isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return model
-        annotation = field.annotation
-        model = _first_model(annotation)
-    return model
-
-
-def _first_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _first_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _describe(error: dict[str, Any], source: str) -> str:
-    loc = tuple(error["loc"])
-    where = ".".join(str(p) for p in loc) or "<top level>"
-    if error["type"] == "extra_forbidden":
-        parent = _section_model(loc[:-1])
-        valid = sorted(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{source}: unknown key '{where}'{hint} (valid keys here: {', '.join(valid)})"
-    if error["type"] == "missing":
-        return f"{source}: missing required key '{where}'"
-    value = error.get("input")
-    shown = "" if isinstance(value, dict) else f" got {value!r};"
-    msg = error["msg"].removeprefix("Value error, ")
-    return f"{source}: bad value for '{where}':{shown} {msg}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -367,13 +404,11 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> RunConfig:
             f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}"
         )
     try:
-        config = RunConfig.model_validate(data)
+        return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err.errors()[0], source)) from None
-    from unirobust.build import check_config
-
-    check_config(config, source)
-    return config
+        raise ConfigError(describe_error(err.errors()[0], RunConfig, source)) from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

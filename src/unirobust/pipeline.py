@@ -16,9 +16,14 @@ from typing import Any
 
 import torch
 
-from unirobust.build import build_experts, build_model_for, expand_experts
+from unirobust.build import build_model_for, build_stage
 from unirobust.config import EvalConfig, RunConfig, config_to_dict, validate_recipe
-from unirobust.engine.checkpoint import load_model
+from unirobust.engine.checkpoint import (
+    atomic_write,
+    initial_weights,
+    load_model,
+    load_weights_into,
+)
 from unirobust.engine.distributed import init_distributed, shutdown_distributed
 from unirobust.engine.rundir import RunDir
 from unirobust.engine.trainer import Trainer
@@ -42,12 +47,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def distributed_mode(config: RunConfig, n_experts: int) -> str:
-    """Resolve ``distributed.mode: auto``: one process group per expert for ema_mix (§3.4)."""
+    """Resolve ``distributed.mode: auto``: one process group per expert for a single-stage
+    ema_mix run (generalist.md §3.4); data-parallel otherwise. An expert-parallel layout needs
+    every stage to have the same number of experts."""
     mode = config.train.distributed.mode
+    stages = config.train.resolved_stages()
+    if mode == "experts" and len({len(s.experts) for s in stages}) > 1:
+        raise ConfigError("distributed.mode 'experts' needs the same number of experts per stage")
     if mode != "auto":
         return mode
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    mixed = config.train.merge.name == "ema_mix" and n_experts > 1
+    mixed = len(stages) == 1 and stages[0].merge.name == "ema_mix" and n_experts > 1
     return "experts" if mixed and world % n_experts == 0 else "data"
 
 
@@ -78,7 +88,8 @@ def train(
     from unirobust.data import Augment, BatchLoader
 
     device = resolve_device(config.device)
-    n_experts = len(expand_experts(config))
+    stages = config.train.resolved_stages()
+    n_experts = len(stages[0].experts)
     ctx = init_distributed(distributed_mode(config, n_experts), n_experts, device)
     try:
         root = Path(resume if resume is not None else out or Path("runs") / config.name)
@@ -87,16 +98,33 @@ def train(
         else:
             RunDir.refuse_existing(root)  # before any work, so a refusal costs nothing
         bundle = load_data(config, device)  # a missing dataset fails before the run dir exists
-        if resume is None:
-            if ctx.is_main:
-                RunDir.create(root, config_to_dict(config))
-            ctx.barrier()
-            run = RunDir(root)
         torch.manual_seed(config.seed)
         initial = build_model_for(config, bundle.num_classes, bundle.input_shape)
-        built = build_experts(
-            config, initial, device, ctx.local_experts, ctx.grad_sync(), ctx.mix_all_reduce()
-        )
+        if config.init_from is not None and resume is None:
+            init = config.init_from
+            tensors, source = initial_weights(init.path, init.checkpoint)
+            load_weights_into(initial, tensors, source, strict=init.strict)
+        if resume is None:
+            if ctx.is_main:
+                created = RunDir.create(root, config_to_dict(config))
+                resolved = {"stages": [s.model_dump(mode="json") for s in stages]}
+                text = json.dumps(resolved, indent=2)
+                atomic_write(created.root / "stages.json", lambda tmp: tmp.write_text(text))
+            ctx.barrier()
+            run = RunDir(root)
+
+        def stage_builder(index: int, model: torch.nn.Module):
+            return build_stage(
+                config,
+                stages[index],
+                index,
+                model,
+                device,
+                ctx.local_experts,
+                ctx.grad_sync(),
+                ctx.mix_all_reduce(),
+            )
+
         aug = config.data.augment
         loader = BatchLoader(
             bundle.train,
@@ -120,7 +148,9 @@ def train(
             "data_dir": config.data.data_dir,
             "run": config.name,
         }
-        trainer = Trainer(config, run, built, loader, val_data, meta, ctx, progress=progress)
+        trainer = Trainer(
+            config, run, stage_builder, initial, loader, val_data, meta, ctx, progress=progress
+        )
         if resume is not None:
             trainer.resume()
             if ctx.is_main:
@@ -157,12 +187,10 @@ def evaluate_run(
     is_run = target.is_dir()
     config = load_run_config(target) if is_run else None
     spec = spec or (config.eval if config else EvalConfig())
-    threat_texts = spec.threats or (config.validation.threats if config else [])
-    if not threat_texts:
+    threats = list(spec.threats or (config.validation.threats if config else []))
+    if not threats:
         raise ConfigError("no threats to evaluate: pass --threats, e.g. linf:0.1,l2:1.5,l1:10")
-    from unirobust.threats import parse_threat
-
-    threats = [parse_threat(t) for t in threat_texts]
+    threat_texts = [str(t) for t in threats]
     checkpoints = list(spec.checkpoints) if is_run else ["file"]
     summaries = []
     for which in checkpoints:

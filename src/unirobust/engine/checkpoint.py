@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unirobust.errors import CheckpointError
+from unirobust.experts.tensors import unwrap
 
 TRAIN_STATE_FORMAT = "unirobust-train-state"
 MODEL_FORMAT = "unirobust-model"
@@ -64,15 +65,6 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                     key, changed = key[len(prefix) :], True
         out[key] = value
     return out
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under a DDP or torch.compile wrapper."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -240,6 +232,24 @@ def import_weights(
 
     if out.exists():
         raise CheckpointError(f"'{out}' exists already; choose another --out")
+    state = read_foreign_state(source)
+    net = build_model(model, num_classes=num_classes, input_shape=input_shape, **(options or {}))
+    load_weights_into(net, state, str(source), what=f"model '{model}'")
+    meta = {
+        "model": {"name": model, "options": options or {}},
+        "num_classes": num_classes,
+        "input_shape": list(input_shape),
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "imported_from": str(source),
+    }
+    export_model(out, net, meta)
+    return out
+
+
+def read_foreign_state(source: Path) -> dict[str, torch.Tensor]:
+    """A plain PyTorch state dict read with ``weights_only=True`` (no code runs), its
+    ``state_dict``/``model`` wrapper key and ``module.``-style prefixes removed."""
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -254,19 +264,48 @@ def import_weights(
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"'{source}' does not hold a state dict of tensors")
-    net = build_model(model, num_classes=num_classes, input_shape=input_shape, **(options or {}))
-    try:
-        net.load_state_dict(strip_prefixes(state))
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(f"'{source}' does not fit model '{model}': {first}") from None
-    meta = {
-        "model": {"name": model, "options": options or {}},
-        "num_classes": num_classes,
-        "input_shape": list(input_shape),
-        "dataset": dataset,
-        "data_dir": data_dir,
-        "imported_from": str(source),
-    }
-    export_model(out, net, meta)
-    return out
+    return strip_prefixes(state)
+
+
+def load_weights_into(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    strict: bool = True,
+    what: str = "the model",
+) -> None:
+    """Copy ``tensors`` into ``model``, naming the first tensor whose name or shape does not fit.
+
+    ``strict=False`` leaves the model's tensors that ``tensors`` lacks at their current values
+    (a new head, say); a tensor the model lacks, or of another shape, is always an error.
+    """
+    own = unwrap(model).state_dict()
+    for name, tensor in tensors.items():
+        if name not in own:
+            raise CheckpointError(
+                f"'{source}' does not fit {what}: it has tensor '{name}', which the model lacks "
+                f"(first of {len(set(tensors) - set(own))} unexpected)"
+            )
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise CheckpointError(
+                f"'{source}' does not fit {what}: tensor '{name}' has shape "
+                f"{tuple(tensor.shape)}, the model's is {tuple(own[name].shape)}"
+            )
+    missing = [n for n in own if n not in tensors]
+    if missing and strict:
+        raise CheckpointError(
+            f"'{source}' does not fit {what}: it lacks tensor '{missing[0]}' ({len(missing)} "
+            "missing; init_from.strict: false keeps them at their initial values)"
+        )
+    unwrap(model).load_state_dict(tensors, strict=False)
+
+
+def initial_weights(path: str, checkpoint: str = "best") -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors ``init_from`` names: a run directory's exported model, an exported
+    ``.safetensors`` file, or a foreign weights-only state dict; and the file they came from."""
+    target = Path(path)
+    if target.is_dir() or target.suffix == ".safetensors":
+        model_path = resolve_model_path(target, checkpoint)
+        tensors, _ = read_model_file(model_path)
+        return tensors, str(model_path)
+    return read_foreign_state(target), str(target)

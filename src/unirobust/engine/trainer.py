@@ -1,10 +1,13 @@
 """The training loop shared by every method (DESIGN.md: one engine, pluggable experts and merge).
 
-Per batch, every local expert sets its lr for (epoch, iteration) and takes one step on the same
-batch (generalist.md pitfall 21); then the merge rule is told. Per epoch, the global model is
-validated on the held-out validation split (never the test set), the best one by clean + robust
-accuracy is exported, the last one is always exported, and a train state that resumes bit-exactly
-is written. Metrics go to ``metrics.jsonl``.
+A run is a list of stages; epochs are numbered across the whole run. When an epoch belongs to a
+new stage, the stage's experts are built from the previous stage's global model. Per batch, every
+local expert sets its lr for (stage epoch, iteration) and takes one step on the same batch
+(generalist.md pitfall 21); then the merge rule is told if it runs every step. Losses, accuracies
+and metrics are summed on the device and read once per ``train.log_every`` steps. Per epoch, the
+global model is validated on the held-out validation split (never the test set), the best by the
+recipe's selection score is exported, the last one is always exported, and a train state that
+resumes bit-exactly (stage boundaries included) is written. Metrics go to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,83 +32,14 @@ from unirobust.engine.checkpoint import (
     model_state,
     restore_rng,
     save_train_state,
-    unwrap,
 )
 from unirobust.engine.distributed import DistContext
 from unirobust.engine.progress import EpochProgress
 from unirobust.engine.rundir import RunDir
+from unirobust.engine.running import RunningSums
+from unirobust.engine.selection import validate
 from unirobust.errors import CheckpointError
-from unirobust.models import batched_logits
-from unirobust.seeding import derive_seed
-
-
-@dataclass
-class ValidationResult:
-    clean_acc: float
-    robust_acc: float | None
-    select: float
-    attack: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "clean_acc": self.clean_acc,
-            "robust_acc": self.robust_acc,
-            "select": self.select,
-            "attack": self.attack,
-        }
-
-
-def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample correctness of the model in eval mode (its mode is restored afterwards)."""
-    return batched_logits(model, x).argmax(1) == y
-
-
-def validate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: RunConfig
-) -> ValidationResult:
-    """generalist.md §3.6: clean accuracy and PGD-K (step eps/4, random start) on validation.
-
-    With several threats the robust number is the mean of their accuracies; selection is
-    clean + robust. The attack draws from its own generator seeded by the run seed, so validation
-    never moves the training RNG streams.
-    """
-    from unirobust.attacks import pgd
-    from unirobust.threats import parse_threat
-
-    val = config.validation
-    clean = clean_correct(model, x, y).float().mean().item()
-    if not val.threats:
-        return ValidationResult(clean, None, clean, "clean only")
-    accs, labels = [], []
-    for i, text in enumerate(val.threats):
-        threat = parse_threat(text)
-        generator = torch.Generator().manual_seed(derive_seed(config.seed, 2, i))
-        correct = []
-        for j in range(0, len(x), 500):
-            xb, yb = x[j : j + 500], y[j : j + 500]
-            x_adv = pgd(
-                model,
-                xb,
-                yb,
-                threat,
-                steps=val.steps,
-                step_size=threat.eps / 4,
-                random_start=True,
-                generator=generator,
-            )
-            correct.append(clean_correct(model, x_adv, yb))
-        accs.append(torch.cat(correct).float().mean().item())
-        labels.append(threat.label)
-    robust = sum(accs) / len(accs)
-    attack = f"PGD-{val.steps} {', '.join(labels)}, {len(x)} validation points"
-    return ValidationResult(clean, robust, clean + robust, attack)
-
-
-def _accumulate(sums: dict[str, float], logs: dict[str, float], batch: int) -> None:
-    """Sum counts as they are and per-batch means weighted by the batch size."""
-    for key, value in logs.items():
-        weight = 1 if key in ("correct", "count") else batch
-        sums[key] = sums.get(key, 0.0) + value * weight
+from unirobust.experts.tensors import unwrap
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -131,14 +66,19 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+StageBuilder = Callable[[int, nn.Module], Built]
+"""``(stage index, initial model) -> Built``: the pipeline's closure over config and device."""
+
+
 class Trainer:
-    """Runs the experts for the configured epochs; see the module docstring."""
+    """Runs the stages for their epochs; see the module docstring."""
 
     def __init__(
         self,
         config: RunConfig,
         run: RunDir,
-        built: Built,
+        build_stage: StageBuilder,
+        initial_model: nn.Module,
         loader: Any,
         val_data: tuple[torch.Tensor, torch.Tensor] | None,
         model_meta: dict[str, Any],
@@ -147,13 +87,35 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run = run
-        self.built = built
+        self.stages = config.train.resolved_stages()
+        self.build_stage = build_stage
         self.loader = loader
         self.val_data = val_data
         self.model_meta = model_meta
-        self.ctx = ctx or DistContext(local_experts=built.expert_indices)
+        self.ctx = ctx or DistContext(local_experts=list(range(len(self.stages[0].experts))))
         self.progress = progress and self.ctx.is_main
         self.state = TrainerState()
+        self.stage_index = 0
+        self.built = build_stage(0, initial_model)
+
+    # ----------------------------------------------------------------------------- stages
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def locate(self, epoch: int) -> tuple[int, int]:
+        """(stage index, epoch within the stage) of a run epoch (both 1-based epochs)."""
+        start = 0
+        for index, stage in enumerate(self.stages):
+            if epoch <= start + stage.epochs:
+                return index, epoch - start
+            start += stage.epochs
+        raise ValueError(f"epoch {epoch} is past the run's {self.total_epochs} epochs")
+
+    def _enter_stage(self, index: int) -> None:
+        """Build stage ``index`` from the current global model (a stage boundary)."""
+        self.built = self.build_stage(index, self.built.merge.global_model())
+        self.stage_index = index
 
     # ----------------------------------------------------------------------------- checkpoints
     def _state_path(self) -> Path:
@@ -164,12 +126,17 @@ class Trainer:
         state = {
             "epoch": self.state.epoch,
             "step": self.state.step,
+            "stage": self.stage_index,
             "best_select": self.state.best_select,
             "best_epoch": self.state.best_epoch,
             "world_size": self.ctx.world_size,
             "expert_names": [e.name for e in experts],
             "experts": {
-                e.name: {"model": model_state(e.model), "optimizer": e.optimizer.state_dict()}
+                e.name: {
+                    "model": model_state(e.model),
+                    "optimizer": e.optimizer.state_dict(),
+                    "objective": e.objective.state_dict(),
+                }
                 for e in experts
             },
             "merge": self.built.merge.state_dict(),
@@ -182,6 +149,11 @@ class Trainer:
         """Restore everything a train state holds; the next epoch continues bit-exactly."""
         path = self._state_path()
         state = load_train_state(path)
+        stage = int(state.get("stage", 0))
+        if not 0 <= stage < len(self.stages):
+            raise CheckpointError(f"'{path}' is at stage {stage}; this run has {len(self.stages)}")
+        if stage != self.stage_index:
+            self._enter_stage(stage)
         names = [e.name for e in self.built.experts]
         if state.get("expert_names") != names or state.get("world_size") != self.ctx.world_size:
             raise CheckpointError(
@@ -194,6 +166,7 @@ class Trainer:
             try:
                 unwrap(expert.model).load_state_dict(part["model"])
                 expert.optimizer.load_state_dict(part["optimizer"])
+                expert.objective.load_state_dict(part.get("objective", {}))
             except (RuntimeError, ValueError, KeyError) as err:
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise CheckpointError(
@@ -214,15 +187,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- loop
     def fit(self, stop_after_epoch: int | None = None) -> TrainerState:
-        """Train from the current state to ``train.epochs`` (or stop early, for tests)."""
-        epochs = self.config.train.epochs
+        """Train from the current state to the last epoch (or stop early, for tests)."""
+        epochs = self.total_epochs
         last = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
         for epoch in range(self.state.epoch + 1, last + 1):
-            record = self._train_epoch(epoch)
+            stage, local_epoch = self.locate(epoch)
+            if stage != self.stage_index:
+                self._enter_stage(stage)
+            record = self._train_epoch(epoch, local_epoch)
             self.state.epoch = epoch
             if self.ctx.is_main:
                 record.update(self._select_and_export(epoch))
-            if epoch % self.config.checkpoint_every == 0 or epoch == epochs:
+            if (
+                epoch % self.config.checkpoint_every == 0
+                or epoch == epochs
+                or (
+                    local_epoch == self.stages[stage].epochs  # every stage boundary
+                )
+            ):
                 self.save_state()  # every rank writes its own file under torchrun
             if self.ctx.is_main:
                 self.run.log(record)
@@ -232,60 +214,76 @@ class Trainer:
             self.ctx.barrier()
         return self.state
 
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+    def _check_finite(self, sums: dict[str, RunningSums]) -> None:
+        """Raise for the earliest non-finite loss of any expert (one read per expert)."""
+        for expert in self.built.experts:
+            bad = sums[expert.name].first_bad()
+            if bad is not None:
+                raise expert.diverged(*bad)
+
+    def _train_epoch(self, epoch: int, local_epoch: int) -> dict[str, Any]:
         experts, merge = self.built.experts, self.built.merge
+        stage = self.stages[self.stage_index]
         self.loader.set_epoch(epoch)
         n_iters = len(self.loader)
-        sums: dict[str, dict[str, float]] = {e.name: {} for e in experts}
+        sums = {e.name: RunningSums() for e in experts}
         lrs: dict[str, float] = {}
         images = 0
         channels_last = self.config.train.channels_last
+        log_every = self.config.train.log_every
+        merge.before_epoch(experts, local_epoch)
         start = time.perf_counter()
-        with EpochProgress(epoch, self.config.train.epochs, n_iters, enabled=self.progress) as bar:
+        with EpochProgress(epoch, self.total_epochs, n_iters, enabled=self.progress) as bar:
             for i, (x, y) in enumerate(self.loader):
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for expert in experts:
-                    lrs[expert.name] = expert.set_lr(epoch, i, n_iters)
-                    logs = expert.train_step(x, y)
-                    _accumulate(sums[expert.name], logs, y.numel())
-                merge.after_step(experts, epoch, i, n_iters)
+                    lrs[expert.name] = expert.set_lr(local_epoch, i, n_iters)
+                    sums[expert.name].add(expert.train_step(x, y, self.state.step), self.state.step)
+                if merge.every_step:
+                    merge.after_step(experts, local_epoch, i, n_iters)
                 self.state.step += 1
                 images += y.numel()
-                first = sums[experts[0].name]
-                bar.update(
-                    loss=first["loss"] / first["count"],
-                    acc=first["correct"] / first["count"],
-                    images_per_s=images * len(experts) / (time.perf_counter() - start),
-                )
-        merge.after_epoch(experts, epoch)
+                if (i + 1) % log_every == 0 or i + 1 == n_iters:
+                    self._check_finite(sums)
+                    first = sums[experts[0].name].read()
+                    bar.update(
+                        loss=first["loss"],
+                        acc=first["acc"],
+                        images_per_s=images * len(experts) / (time.perf_counter() - start),
+                    )
+        if merge.every_epoch:
+            merge.after_epoch(experts, local_epoch)
         elapsed = time.perf_counter() - start
-        train = {}
-        for name, acc in sums.items():
-            count = acc.pop("count")
-            correct = acc.pop("correct")
-            train[name] = {k: v / count for k, v in acc.items()} | {"acc": correct / count}
-        weights = {
-            e.name: float(e.mix_weight.at(epoch, n_iters - 1, n_iters))
-            for e in experts
-            if e.mix_weight is not None
-        }
-        return {
+        record = {
             "event": "epoch",
             "epoch": epoch,
             "time_s": round(elapsed, 3),
             "images_per_s": round(images * len(experts) * self.ctx.replicas / elapsed, 1),
             "lr": lrs,
-            "mix_weights": weights,
-            "train": train,
+            "group_lrs": {e.name: e.group_lrs() for e in experts},
+            "mix_weights": {},
+            "train": {name: s.read() for name, s in sums.items()},
         }
+        if len(self.stages) > 1:
+            record["stage"] = stage.name
+        record.update(merge.log(local_epoch, n_iters))
+        return record
 
     def _select_and_export(self, epoch: int) -> dict[str, Any]:
-        """Validate G, export last (always) and best (by validation clean + robust)."""
+        """Validate G, export last (always) and best (by the validation selection score)."""
         out: dict[str, Any] = {"is_best": False}
         model = self.built.merge.global_model()
-        if self.val_data is not None and epoch % self.config.validation.every == 0:
-            result = validate(model, *self.val_data, self.config)
+        val = self.config.validation
+        if self.val_data is not None and epoch % val.every == 0:
+            result = validate(
+                model,
+                *self.val_data,
+                list(val.threats),
+                steps=val.steps,
+                seed=self.config.seed,
+                select=val.select,
+            )
             out["val"] = result.as_dict()
             if result.select > self.state.best_select:
                 self.state.best_select = result.select

@@ -32,17 +32,21 @@ weights, identical on every rank because all experts start from one initialisati
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from unirobust.errors import CheckpointError, ConfigError
 from unirobust.experts.expert import Expert
+from unirobust.experts.merge import MERGE_RULES, MergeContext, MergeRule
+from unirobust.experts.schedules import schedule_for
+from unirobust.experts.tensors import StateTensors, copy_list, lerp_list, shadow, unwrap
+from unirobust.schema import Spec
 
 SYNC_MODES: tuple[str, ...] = ("every_iteration", "once_per_epoch", "off")
 WEIGHT_TOL = 1e-6
@@ -127,70 +131,10 @@ def check_mix_weights(weights: Sequence[Any], epochs: int, tol: float = WEIGHT_T
 
 
 # --------------------------------------------------------------------------------------------
-# tensor bookkeeping
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP/DataParallel/torch.compile wrappers (no ``module.`` names)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-class _Tensors:
-    """A model's parameters + floating buffers (``floats``) and other buffers (``ints``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        named = list(model.named_parameters()) + list(model.named_buffers())
-        self.float_names: list[str] = []
-        self.floats: list[Tensor] = []
-        self.int_names: list[str] = []
-        self.ints: list[Tensor] = []
-        for name, t in named:
-            if t.is_floating_point() or t.is_complex():
-                self.float_names.append(name)
-                self.floats.append(t)
-            else:
-                self.int_names.append(name)
-                self.ints.append(t)
-
-    def named(self) -> list[tuple[str, Tensor]]:
-        return list(zip(self.float_names, self.floats, strict=True)) + list(
-            zip(self.int_names, self.ints, strict=True)
-        )
-
-    def signature(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-        return [(n, tuple(t.shape), t.dtype) for n, t in self.named()]
-
-
-def _shadow(model: nn.Module) -> nn.Module:
-    """A frozen eval-mode deep copy (an EMA shadow or G)."""
-    shadow = copy.deepcopy(model)
-    for p in shadow.parameters():
-        p.grad = None
-        p.requires_grad_(False)
-    return shadow.eval()
-
-
-def _copy_list(dst: list[Tensor], src: list[Tensor]) -> None:
-    if dst:
-        torch._foreach_copy_(dst, src)
-
-
-def _lerp_list(dst: list[Tensor], src: list[Tensor], weight: float) -> None:
-    if dst:
-        torch._foreach_lerp_(dst, src, weight)
-
-
-# --------------------------------------------------------------------------------------------
 # the merge rule
 
 
-class EmaMix:
+class EmaMix(MergeRule):
     """Generalist merge rule (see the module docstring); implements ``MergeRule``.
 
     ``mix_weights[k]`` is expert k's weight schedule (global index, anchor first), evaluated with
@@ -199,6 +143,9 @@ class EmaMix:
     ``once_per_epoch`` (one sync in :meth:`after_epoch` of a sync epoch, a documented deviation)
     or ``off``.
     """
+
+    every_step = True
+    every_epoch = True
 
     def __init__(
         self,
@@ -262,10 +209,11 @@ class EmaMix:
             raise ValueError(
                 f"setup got {len(experts)} experts for local_experts {local}; pass the local ones"
             )
-        models = [_unwrap(e.model) for e in experts]
+        models = [unwrap(e.model) for e in experts]
         self._local = local
         self._weights = [self.mix_weights[k] for k in local]
-        self._theta = [_Tensors(m) for m in models]
+        self._names = [e.name for e in experts]
+        self._theta = [StateTensors(m) for m in models]
         ref = self._theta[0].signature()
         for e, th in zip(experts, self._theta, strict=True):
             if th.signature() != ref:
@@ -273,10 +221,10 @@ class EmaMix:
                     f"expert '{e.name}' does not have the anchor's parameters and buffers; all "
                     "experts must share one architecture"
                 )
-        self._ema_models = [_shadow(m) for m in models]
-        self._ema = [_Tensors(m) for m in self._ema_models]
-        self._g_model = _shadow(models[0])
-        self._g = _Tensors(self._g_model)
+        self._ema_models = [shadow(m) for m in models]
+        self._ema = [StateTensors(m) for m in self._ema_models]
+        self._g_model = shadow(models[0])
+        self._g = StateTensors(self._g_model)
         floats = self._g.floats
         kinds = {(t.dtype, t.device) for t in floats}
         self._flat: Tensor | None = None
@@ -310,12 +258,12 @@ class EmaMix:
         weight = 1.0 - ema_decay(self.s, self.ema_cap)
         with torch.no_grad():
             for th, ema in zip(self._theta, self._ema, strict=True):
-                _lerp_list(ema.floats, th.floats, weight)
-                _copy_list(ema.ints, th.ints)
+                lerp_list(ema.floats, th.floats, weight)
+                copy_list(ema.ints, th.ints)
             self._mix(epoch, iteration, n_iters)
             if self.all_reduce is not None and self._flat is not None:
                 self.all_reduce(self._flat)
-            _lerp_list(self._g.floats, self._scratch, weight)
+            lerp_list(self._g.floats, self._scratch, weight)
             self._copy_anchor_ints()
             if self.sync_mode == "every_iteration" and self.is_sync_epoch(epoch):
                 self._sync()
@@ -331,7 +279,7 @@ class EmaMix:
         if not self._g.ints:
             return
         if self.all_reduce is None or (self.local_experts is None):
-            _copy_list(self._g.ints, self._ema[0].ints)
+            copy_list(self._g.ints, self._ema[0].ints)
             return
         holds_anchor = self._local[0] == 0
         flat = torch.cat(
@@ -379,10 +327,18 @@ class EmaMix:
     def _sync(self) -> None:
         """theta_k <- G in place (params and all buffers); optimizer state and E_k untouched."""
         for th in self._theta:
-            _copy_list(th.floats, self._g.floats)
-            _copy_list(th.ints, self._g.ints)
+            copy_list(th.floats, self._g.floats)
+            copy_list(th.ints, self._g.ints)
 
     # -- models and state ----------------------------------------------------------------------
+
+    def log(self, epoch: int, n_iters: int) -> dict[str, Any]:
+        """The local experts' mix weights at the epoch's last iteration."""
+        weights = {
+            name: float(w.at(epoch, n_iters - 1, n_iters))
+            for name, w in zip(self._names, self._weights, strict=True)
+        }
+        return {"mix_weights": weights}
 
     def global_model(self) -> nn.Module:
         """G, in eval mode with ``requires_grad=False`` parameters."""
@@ -454,3 +410,43 @@ def _split_ema(key: str) -> tuple[str, str, str]:
     if len(parts) == 3 and parts[0] == "ema":
         return f"ema.{parts[1]}", ".", parts[2]
     return key, ".", ""
+
+
+class EmaMixSpec(Spec):
+    """Generalist's global learner: EMA experts mixed by ``weights`` (generalist.md §2, §3).
+
+    ``weights`` maps every expert's name to its mix-weight schedule w_k(t); they must lie in
+    [0, 1] and sum to 1 at every epoch (§3.3). A ``train.generalist`` preset fills them in.
+    """
+
+    name: Literal["ema_mix"] = "ema_mix"
+    ema_cap: float = Field(0.999, gt=0, lt=1)
+    sync_start: int | None = Field(None, ge=1)
+    sync_interval: int | None = Field(None, ge=1)
+    sync_mode: Literal["every_iteration", "once_per_epoch", "off"] = "every_iteration"
+    weights: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@MERGE_RULES.register("ema_mix", EmaMixSpec)
+def build_ema_mix(spec: EmaMixSpec, ctx: MergeContext) -> EmaMix:
+    """Generalist: EMA experts mixed into an EMA global learner."""
+    names = list(ctx.expert_names)
+    if sorted(spec.weights) != sorted(names):
+        raise ConfigError(
+            f"merge 'ema_mix' weights are given for {sorted(spec.weights)} but the experts are "
+            f"{names}; give one weight schedule per expert (train.merge.weights)"
+        )
+    schedules = [
+        schedule_for(spec.weights[n], ctx.epochs, f"train.merge.weights.{n}") for n in names
+    ]
+    return EmaMix(
+        mix_weights=schedules,
+        epochs=ctx.epochs,
+        ema_cap=spec.ema_cap,
+        sync_start=spec.sync_start,
+        sync_interval=spec.sync_interval,
+        sync_mode=spec.sync_mode,
+        local_experts=list(ctx.local_experts),
+        n_experts=len(names),
+        all_reduce=ctx.all_reduce,
+    )

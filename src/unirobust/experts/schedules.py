@@ -317,6 +317,22 @@ def build_schedule(spec: Mapping[str, Any]) -> TimedSchedule:
     return superconverge(spec["lr_max"], spec["epochs"])
 
 
+def schedule_for(spec: Mapping[str, Any], epochs: int, where: str) -> TimedSchedule:
+    """A recipe's schedule for a stage of ``epochs`` epochs; errors are prefixed with ``where``.
+
+    Kinds whose shape depends on the run length (``generalist``, ``piecewise_ft``,
+    ``superconverge``, ``knot_fractions``) get ``epochs`` unless the recipe sets it.
+    """
+    full = dict(spec)
+    kind = str(full.get("kind", "")).replace("-", "_")
+    if kind in {"generalist", "piecewise_ft", "superconverge"} or "knot_fractions" in full:
+        full.setdefault("epochs", epochs)
+    try:
+        return build_schedule(full)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def build_lr_schedule(spec: Mapping[str, Any]) -> TimedSchedule:
     """:func:`build_schedule` for a learning rate: also rejects negative values."""
     sched = build_schedule(spec)

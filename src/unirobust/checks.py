@@ -1,0 +1,53 @@
+"""Semantic recipe checks that need the registries (run by ``RunConfig`` at load time).
+
+Everything that can be checked without data or models is checked here, so a recipe with an
+unknown model, a bad schedule, an objective whose options contradict each other, or mix weights
+that do not sum to one fails in a second with a one-line message, before any file is written.
+Objectives and merge rules are *built* once (they are cheap without a model) so each plug-in's
+own constructor checks apply; nothing is kept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from unirobust.errors import ConfigError
+from unirobust.experts.merge import MERGE_RULES, MergeContext, check_expert_count
+from unirobust.experts.schedules import schedule_for
+from unirobust.objectives.base import OBJECTIVES, ObjectiveContext
+
+if TYPE_CHECKING:
+    from unirobust.config import RunConfig
+
+
+def check_run(config: RunConfig) -> None:
+    from unirobust.data import list_datasets
+    from unirobust.models import list_models
+
+    if config.data.name not in list_datasets():
+        raise ConfigError(
+            f"unknown dataset '{config.data.name}' (available: {', '.join(list_datasets())})"
+        )
+    if config.model.name not in list_models():
+        raise ConfigError(
+            f"unknown model '{config.model.name}' (available: {', '.join(list_models())})"
+        )
+    stages = config.train.resolved_stages()
+    for s, stage in enumerate(stages):
+        where = "train" if not config.train.stages else f"train.stages.{s}"
+        for i, expert in enumerate(stage.experts):
+            schedule_for(expert.lr_schedule, stage.epochs, f"{where}.experts.{i}.lr_schedule")
+            try:
+                OBJECTIVES.build(expert.objective, ObjectiveContext(torch.Generator()))
+            except ConfigError as err:
+                raise ConfigError(f"{where}.experts.{i}.objective: {err}") from None
+        names = tuple(e.name for e in stage.experts)
+        try:
+            rule = MERGE_RULES.build(
+                stage.merge, MergeContext(stage.epochs, names, tuple(range(len(names))))
+            )
+            check_expert_count(stage.merge.name, type(rule), len(names))
+        except ConfigError as err:
+            raise ConfigError(f"{where}.merge: {err}") from None
