@@ -64,7 +64,7 @@ def test_bad_threat_and_missing_threat() -> None:
     with pytest.raises(ConfigError, match=r"linf:-1|radius|eps"):
         validate_recipe(data)
     data["train"]["experts"][0]["objective"] = {"name": "pgd_at"}
-    with pytest.raises(ConfigError, match="objective .pgd_at.: missing required key .threat."):
+    with pytest.raises(ConfigError, match=r"objective .pgd_at.: missing required key .threat."):
         validate_recipe(data)
 
 
