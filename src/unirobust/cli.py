@@ -244,8 +244,31 @@ def import_weights_(
 
 
 @app.command()
-def recipes() -> None:
+def recipes(
+    registered: Annotated[
+        bool,
+        typer.Option(
+            "--registered/--no-registered",
+            help="List the registered objectives, merge rules, models and datasets instead.",
+        ),
+    ] = False,
+) -> None:
     """List the shipped recipes with their one-line descriptions."""
+    if registered:
+        from unirobust.experts.merge import MERGE_RULES
+        from unirobust.objectives.base import OBJECTIVES
+
+        for registry in (OBJECTIVES, MERGE_RULES):
+            out.print(f"{registry.kind}s:", highlight=False)
+            for entry in registry.entries():
+                keys = ", ".join(k for k in entry.spec.model_fields if k != "name")
+                out.print(f"  {entry.name:14s} {entry.summary} [{keys}]", highlight=False)
+        from unirobust.data import list_datasets
+        from unirobust.models import list_models
+
+        out.print(f"models: {', '.join(list_models())}", highlight=False)
+        out.print(f"datasets: {', '.join(list_datasets())}", highlight=False)
+        return
     files = recipe_files()
     if not files:
         out.print("no recipes found (run from the repository root)")
