@@ -65,7 +65,7 @@ class Average(MergeRule):
     def after_epoch(self, experts, epoch: int) -> None:
         states = [StateTensors(e.model) for e in experts]
         with torch.no_grad():
-            mean = [torch.stack(ts).mean(0) for ts in zip(*(s.floats for s in states))]
+            mean = [torch.stack(ts).mean(0) for ts in zip(*(s.floats for s in states), strict=True)]
             for state in states:
                 copy_list(state.floats, mean)
 
@@ -173,7 +173,7 @@ def test_toy_objective_through_the_registry(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'scal'; did you mean 'scale'"):
         validate_recipe(data)
     data["train"]["experts"][0]["objective"] = {"name": "toy_scaledd"}
-    with pytest.raises(ConfigError, match="unknown objective 'toy_scaledd'.*toy_scaled"):
+    with pytest.raises(ConfigError, match=r"unknown objective 'toy_scaledd'.*toy_scaled"):
         validate_recipe(data)
 
 
@@ -283,7 +283,7 @@ def test_init_from_checks_every_tensor(tmp_path: Path) -> None:
     bad["linear.weight"] = torch.zeros(3, 3)
     torch.save(bad, tmp_path / "bad.pt")
     zero_lr["init_from"] = str(tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="tensor 'linear.weight' has shape"):
+    with pytest.raises(CheckpointError, match=r"tensor 'linear.weight' has shape"):
         train(validate_recipe(zero_lr), out=tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()  # refused before a run directory was made
     payload = tmp_path / "evil.pt"
@@ -326,7 +326,7 @@ def test_non_finite_loss_names_step_and_keeps_last_checkpoint(tmp_path: Path, ch
     data = tiny_recipe()  # 4 batches an epoch: the loss turns NaN at step 5, in epoch 2
     data["train"]["experts"][0]["objective"] = {"name": "toy_nan_after"}
     data["train"].update(check_finite=check, log_every=3)
-    with pytest.raises(TrainingDivergedError, match="at step 5 .objective toy_nan_after"):
+    with pytest.raises(TrainingDivergedError, match=r"at step 5 .objective toy_nan_after"):
         train(validate_recipe(data), out=tmp_path / "r", progress=False)
     state = load_train_state(tmp_path / "r" / "checkpoints" / "train_state.pt")
     assert state["epoch"] == 1

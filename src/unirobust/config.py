@@ -10,7 +10,7 @@ A run is a list of **stages** (default: one, written with the short form ``train
 schedule), a merge rule, the parameters that train and the BatchNorm mode. Objectives and merge
 rules are plug-ins: their sections are validated by the registered plug-in's own spec
 (``unirobust.registry``). ``train.generalist`` is a compact preset that expands into the experts
-and mix weights of generalist.md §3.3 (``presets.expand_generalist``). ``init_from`` starts the
+and mix weights of generalist.md §3.3 (:meth:`GeneralistConfig.experts`). ``init_from`` starts the
 run's weights from a run directory, an exported ``.safetensors`` file or a foreign state dict.
 """
 
@@ -29,10 +29,15 @@ from pydantic import (
     model_validator,
 )
 
+from unirobust.attacks.pgd import quarter_step
 from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
 from unirobust.objectives.base import OBJECTIVES
+from unirobust.objectives.natural import NaturalSpec
+from unirobust.objectives.pgd_at import PgdATSpec
+from unirobust.objectives.trades import TradesSpec
 from unirobust.schema import Spec, Strict, Threat, describe_error, plugin_field
+from unirobust.threats import LinfBall, ThreatModel
 
 ThreatList = list[Threat]
 """Threats such as ``linf:8/255``, each parsed once into a ThreatModel at load time."""
@@ -113,6 +118,50 @@ class GeneralistConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule_granularity: Literal["epoch", "iteration"] = "epoch"
 
+    def experts(self) -> tuple[list[ExpertConfig], dict[str, dict[str, Any]]]:
+        """The preset's two experts (anchor first) and their mix-weight schedules by name.
+
+        Every expert gets the same lr schedule (pitfall 6); attack steps default to eps/4
+        (§3.7); ``official_eps`` uses 0.031 / 0.007; weights are beta and 1 - beta.
+        """
+        timing = {"kind": "generalist", "granularity": self.schedule_granularity}
+        lr = {**timing, "values": list(self.lr_values)}
+        beta = {**timing, "values": list(self.beta_values)}
+        one_minus = {**beta, "values": [1.0 - b for b in self.beta_values]}
+        linf = LinfBall(0.031) if self.official_eps else self.linf
+        linf_step = 0.007 if self.official_eps else self.linf_step_size
+
+        def sgd(weight_decay: float) -> OptimizerConfig:
+            return OptimizerConfig(name="sgd", momentum=self.momentum, weight_decay=weight_decay)
+
+        first = ExpertConfig(
+            name="linf" if self.preset == "linf_l2" else "robust",
+            objective=self._robust(linf, linf_step, self.robust_objective),
+            optimizer=sgd(self.robust_weight_decay),
+            lr_schedule=lr,
+        )
+        if self.preset == "nat_linf":
+            second_name, objective = "natural", NaturalSpec()
+            weight_decay = self.natural_weight_decay
+        else:
+            second_name = "l2"
+            objective = self._robust(self.l2, self.l2_step_size, "pgd_at")
+            weight_decay = self.robust_weight_decay
+        second = ExpertConfig(
+            name=second_name, objective=objective, optimizer=sgd(weight_decay), lr_schedule=lr
+        )
+        return [first, second], {first.name: beta, second.name: one_minus}
+
+    def _robust(self, threat: ThreatModel, step: float | None, kind: str) -> Spec:
+        step = step if step is not None else quarter_step(threat)
+        if kind == "trades":
+            return TradesSpec(
+                threat=threat, steps=self.attack_steps, step_size=step, beta=self.trades_beta
+            )
+        return PgdATSpec(
+            threat=threat, attack="pgd", steps=self.attack_steps, step_size=step, random_start=True
+        )
+
 
 class DistributedConfig(Strict):
     """How ranks are used under torchrun: ``data`` splits each batch over all ranks for every
@@ -121,9 +170,6 @@ class DistributedConfig(Strict):
     ``data``."""
 
     mode: Literal["auto", "data", "experts"] = "auto"
-
-
-_STAGE_KEYS = ("epochs", "experts", "generalist", "merge", "trainable", "bn_mode")
 
 
 def _check_trainable(value: str) -> str:
@@ -139,7 +185,32 @@ def _check_trainable(value: str) -> str:
     return value
 
 
-class StageConfig(Strict):
+class StageFields(Strict):
+    """What a stage sets (shared by :class:`StageConfig` and the one-stage short form)."""
+
+    epochs: int = Field(10, ge=1)
+    experts: list[ExpertConfig] = Field(default_factory=list)
+    generalist: GeneralistConfig | None = None
+    merge: MergeField = NoMergeSpec()
+    trainable: str = "all"
+    bn_mode: Literal["train", "frozen"] = "train"
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable(cls, value: str) -> str:
+        return _check_trainable(value)
+
+    def _check_experts(self) -> None:
+        if self.generalist is not None and self.experts:
+            raise ValueError("give either generalist (a preset) or experts, not both")
+        if self.generalist is None and not self.experts:
+            raise ValueError("experts is empty: list at least one expert")
+        names = [e.name for e in self.experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expert names must be unique, got {names}")
+
+
+class StageConfig(StageFields):
     """One stage of a run (issue 7 point 6): experts, a merge rule, what trains, the BN mode.
 
     ``trainable``: ``all``, ``head`` (the model's classifier head) or a regular expression
@@ -149,45 +220,32 @@ class StageConfig(Strict):
     """
 
     name: str = "train"
-    epochs: int = Field(10, ge=1)
-    experts: list[ExpertConfig] = Field(default_factory=list)
-    generalist: GeneralistConfig | None = None
-    merge: MergeField = NoMergeSpec()
-    trainable: str = "all"
-    bn_mode: Literal["train", "frozen"] = "train"
-
-    @field_validator("trainable")
-    @classmethod
-    def _trainable(cls, value: str) -> str:
-        return _check_trainable(value)
 
     @model_validator(mode="after")
     def _experts_present(self) -> StageConfig:
-        if self.generalist is not None and self.experts:
-            raise ValueError("give either generalist (a preset) or experts, not both")
-        if self.generalist is None and not self.experts:
-            raise ValueError("experts is empty: list at least one expert")
-        names = [e.name for e in self.experts]
-        if len(set(names)) != len(names):
-            raise ValueError(f"expert names must be unique, got {names}")
+        self._check_experts()
         return self
 
+    def expanded(self) -> StageConfig:
+        """This stage with a ``generalist`` preset replaced by its experts and ema_mix weights."""
+        if self.generalist is None:
+            return self
+        experts, weights = self.generalist.experts()
+        merge = self.merge
+        if merge.name == "ema_mix" and not getattr(merge, "weights", None):
+            merge = merge.model_copy(update={"weights": weights})
+        return self.model_copy(update={"experts": experts, "generalist": None, "merge": merge})
 
-class TrainConfig(Strict):
+
+class TrainConfig(StageFields):
     """The run's stages and the options they share.
 
-    Short form (one stage): ``epochs``, ``experts`` or ``generalist``, ``merge``, ``trainable``,
-    ``bn_mode`` directly here. Long form: ``stages: [...]``, each a :class:`StageConfig`.
-    ``log_every``: steps between reads of the on-device running sums (progress, finiteness);
-    ``check_finite: every_step`` checks each loss before its update instead (one host sync a step).
+    Short form (one stage): the :class:`StageFields` directly here. Long form:
+    ``stages: [...]``, each a :class:`StageConfig`. ``log_every``: steps between reads of the
+    on-device running sums (progress, finiteness); ``check_finite: every_step`` checks each loss
+    before its update instead (one host sync a step).
     """
 
-    epochs: int = Field(10, ge=1)
-    experts: list[ExpertConfig] = Field(default_factory=list)
-    generalist: GeneralistConfig | None = None
-    merge: MergeField = NoMergeSpec()
-    trainable: str = "all"
-    bn_mode: Literal["train", "frozen"] = "train"
     stages: list[StageConfig] = Field(default_factory=list)
     grad_clip: float | None = Field(None, gt=0)
     bf16_autocast: bool = False
@@ -197,35 +255,26 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     check_finite: Literal["every_step", "log_interval"] = "log_interval"
 
-    @field_validator("trainable")
-    @classmethod
-    def _trainable(cls, value: str) -> str:
-        return _check_trainable(value)
-
     @model_validator(mode="after")
     def _one_form(self) -> TrainConfig:
-        if self.stages:
-            short = sorted(set(_STAGE_KEYS) & self.model_fields_set)
-            if short:
-                raise ValueError(
-                    f"with train.stages, set {', '.join(short)} inside each stage, not in train"
-                )
-            names = [s.name for s in self.stages]
-            if len(set(names)) != len(names):
-                raise ValueError(f"stage names must be unique, got {names}")
+        if not self.stages:
+            self._check_experts()
             return self
-        self._short_stage()  # the same checks as a stage
+        short = sorted(set(StageFields.model_fields) & self.model_fields_set)
+        if short:
+            raise ValueError(
+                f"with train.stages, set {', '.join(short)} inside each stage, not in train"
+            )
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
         return self
-
-    def _short_stage(self) -> StageConfig:
-        return StageConfig(**{k: getattr(self, k) for k in _STAGE_KEYS})
 
     def resolved_stages(self) -> list[StageConfig]:
         """The stages with presets expanded (what runs, and what ``stages.json`` records)."""
-        from unirobust.presets import expand_generalist
-
-        stages = self.stages or [self._short_stage()]
-        return [expand_generalist(s) for s in stages]
+        short = {k: getattr(self, k) for k in StageFields.model_fields}
+        stages = self.stages or [StageConfig(**short)]
+        return [s.expanded() for s in stages]
 
     @property
     def total_epochs(self) -> int:

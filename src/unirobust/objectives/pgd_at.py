@@ -7,7 +7,7 @@ restore them) and the loss is computed with the model in the caller's train mode
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from unirobust.objectives.base import (
 from unirobust.schema import Spec, Threat
 from unirobust.threats import ThreatModel
 
-__all__ = ["PgdAT", "PgdATSpec", "check_step"]
+__all__ = ["PgdAT", "PgdATSpec", "SingleThreatSpec", "check_step"]
 
 
 def check_step(step_size: float | None) -> float | None:
@@ -42,14 +42,23 @@ def check_step(step_size: float | None) -> float | None:
     return float(step_size)
 
 
-class PgdATSpec(Spec):
+class SingleThreatSpec(Spec):
+    """Base of objectives that attack one threat with a fixed number of steps."""
+
+    threat: Threat
+    steps: int = Field(10, ge=1)
+    step_size: float | None = Field(None, gt=0)
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options of the objective's constructor (everything but name and threat)."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k not in ("name", "threat")}
+
+
+class PgdATSpec(SingleThreatSpec):
     """CE on PGD (fixed step) or APGD-train adversarial points of one threat."""
 
     name: Literal["pgd_at"] = "pgd_at"
-    threat: Threat
     attack: Literal["pgd", "apgd"] = "pgd"
-    steps: int = Field(10, ge=1)
-    step_size: float | None = Field(None, gt=0)
     random_start: bool | None = None
 
 
@@ -114,11 +123,4 @@ class PgdAT(Objective):
 @OBJECTIVES.register("pgd_at", PgdATSpec)
 def build_pgd_at(spec: PgdATSpec, ctx: ObjectiveContext) -> PgdAT:
     """CE on adversarial points of one threat (PGD or APGD-train)."""
-    return PgdAT(
-        spec.threat,
-        attack=spec.attack,
-        steps=spec.steps,
-        step_size=spec.step_size,
-        random_start=spec.random_start,
-        generator=ctx.generator,
-    )
+    return PgdAT(spec.threat, **spec.options(), generator=ctx.generator)

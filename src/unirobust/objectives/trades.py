@@ -21,20 +21,16 @@ from unirobust.objectives.base import (
     ObjectiveOutput,
     scored,
 )
-from unirobust.objectives.pgd_at import check_step
-from unirobust.schema import Spec, Threat
+from unirobust.objectives.pgd_at import SingleThreatSpec, check_step
 from unirobust.threats import ThreatModel
 
 __all__ = ["Trades", "TradesSpec", "kl_rows"]
 
 
-class TradesSpec(Spec):
+class TradesSpec(SingleThreatSpec):
     """CE(f(x), y) + beta * KL(p(x) || p(x')) with x' from PGD on the KL."""
 
     name: Literal["trades"] = "trades"
-    threat: Threat
-    steps: int = Field(10, ge=1)
-    step_size: float | None = Field(None, gt=0)
     beta: float = Field(6.0, ge=0)
 
 
@@ -116,10 +112,4 @@ class Trades(Objective):
 @OBJECTIVES.register("trades", TradesSpec)
 def build_trades(spec: TradesSpec, ctx: ObjectiveContext) -> Trades:
     """TRADES: clean CE plus beta times the KL to a PGD-on-KL point."""
-    return Trades(
-        spec.threat,
-        beta=spec.beta,
-        steps=spec.steps,
-        step_size=spec.step_size,
-        generator=ctx.generator,
-    )
+    return Trades(spec.threat, **spec.options(), generator=ctx.generator)
