@@ -318,7 +318,7 @@ def test_selection_scores(tmp_path: Path, select: str) -> None:
             "clean_plus_robust": val["clean_acc"] + sum(accs) / 2,
         }[select]
         assert val["select"] == pytest.approx(expected)
-        assert val["union_acc"] <= min(accs + [val["clean_acc"]]) + 1e-12
+        assert val["union_acc"] <= min([*accs, val["clean_acc"]]) + 1e-12
 
 
 @pytest.mark.parametrize("check", ["log_interval", "every_step"])
