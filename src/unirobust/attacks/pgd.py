@@ -25,6 +25,8 @@ __all__ = [
     "dlr_targeted_loss",
     "margin_loss",
     "pgd",
+    "pgd_default_step",
+    "quarter_step",
     "resolve_loss",
 ]
 
@@ -69,6 +71,16 @@ def resolve_loss(loss: str | LossFn) -> LossFn:
     if loss not in table:
         raise ConfigError(f"unknown attack loss {loss!r}: allowed are 'ce', 'margin' or a callable")
     return table[loss]
+
+
+def pgd_default_step(threat: ThreatModel, steps: int) -> float:
+    """multinorm.md §3: alpha = 2.5 eps / K (2/255, 0.125 and 3 at the CIFAR-10 radii, K=10)."""
+    return 2.5 * threat.eps / steps if steps > 0 else 0.0
+
+
+def quarter_step(threat: ThreatModel) -> float:
+    """eps / 4: the step of TRADES, Generalist's experts (§3.7) and PGD validation (§3.6)."""
+    return threat.eps / 4
 
 
 def check_threat(threat: object) -> ThreatModel:
@@ -150,7 +162,7 @@ def pgd(
     steps = check_count("steps", steps, 0)
     restarts = check_count("restarts", restarts, 1)
     if step_size is None:
-        step_size = 2.5 * threat.eps / steps if steps > 0 else 0.0
+        step_size = pgd_default_step(threat, steps)
     elif isinstance(step_size, bool) or not math.isfinite(step_size) or step_size < 0:
         raise ConfigError(f"step_size={step_size!r} is invalid: must be a finite number >= 0")
     if random_start is None:

@@ -1,52 +1,99 @@
-"""The objective contract shared by every training loss (DESIGN.md, "objectives/").
+"""The objective contract shared by every training loss (DESIGN.md "seams", issue 7 point 1).
 
 An objective is called with the model in **train mode** and a clean batch. It may craft adversarial
-examples (attacks switch the model to eval mode themselves and restore it), and returns the scalar
-loss to minimise plus a few floats to log. It never switches the model's mode for the update, never
-calls ``backward`` and never steps an optimizer: the expert does that.
+examples (attacks switch the model to eval mode themselves and restore it) and returns an
+:class:`ObjectiveOutput`: the scalar loss, its own correct/count over the rows it trained on (AVG
+trains on 3B rows, so the Trainer never assumes B), and extra metrics, each with a declared
+reduction. Values stay tensors on the model's device: the Trainer sums them on the device and
+reads them once per logging interval, so a step never waits for the accelerator.
+
+It never switches the model's mode for the update, never calls ``backward`` and never steps an
+optimizer: the expert does that. Objectives with state (E-AT's never-reset accumulators) override
+:meth:`Objective.state_dict` / :meth:`Objective.load_state_dict`; the train state saves it, so a
+resume is bit-exact.
+
+Plug-ins register a spec class and a builder in :data:`OBJECTIVES`
+(``unirobust.objectives.natural`` is the smallest example).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+from unirobust.errors import CheckpointError
+from unirobust.registry import Registry
+
+Reduction = Literal["mean", "sum", "last"]
+"""How a metric is reduced over an epoch: ``mean`` weighted by rows, ``sum``, or the ``last``."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An extra value to log, e.g. the attack's accuracy (``mean``) or a sampled norm (``last``)."""
+
+    value: Tensor | float
+    reduction: Reduction = "mean"
 
 
 @dataclass
 class ObjectiveOutput:
     """What one objective call returns.
 
-    ``loss`` is the scalar to minimise. ``logits`` are the train-mode logits on the inputs the
-    update trained on (adversarial ones for adversarial training), used only for the running
-    training accuracy. ``logs`` holds extra scalars (already Python floats) such as the attack's
-    accuracy.
+    ``loss``: the scalar to minimise. ``correct``: how many of the ``count`` rows trained on were
+    classified correctly by the train-mode forward (a 0-dim tensor, no host sync). ``metrics``:
+    extra values with their reduction; ``mean`` metrics are weighted by ``count``.
     """
 
     loss: Tensor
-    logits: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    correct: Tensor
+    count: int
+    metrics: dict[str, Metric] = field(default_factory=dict)
 
 
-@runtime_checkable
-class Objective(Protocol):
-    """A training loss: ``objective(model, x, y) -> ObjectiveOutput``."""
+def scored(loss: Tensor, logits: Tensor, y: Tensor, **metrics: Metric) -> ObjectiveOutput:
+    """An output whose correct/count come from the train-mode ``logits`` of the rows trained on."""
+    with torch.no_grad():
+        correct = (logits.argmax(1) == y).sum()
+    return ObjectiveOutput(loss, correct, int(y.numel()), dict(metrics))
 
-    name: str
 
+class Objective(ABC):
+    """A training loss: ``objective(model, x, y) -> ObjectiveOutput``; stateless by default."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput: ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values and tensors only (the train state loads with ``weights_only=True``)."""
+        return {}
 
-class NaturalObjective:
-    """Clean cross-entropy (the natural expert of generalist.md §2 step 4)."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise CheckpointError(
+                f"objective '{self.name}' keeps no state, but the checkpoint holds {sorted(state)}"
+            )
 
-    name = "natural"
 
-    def __init__(self, generator: torch.Generator | None = None) -> None:
-        del generator  # no randomness; accepted so every objective is built the same way
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What a builder gets besides its spec: the expert's own random stream."""
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
-        logits = model(x)
-        return ObjectiveOutput(nn.functional.cross_entropy(logits, y), logits)
+    generator: torch.Generator
+
+
+OBJECTIVES: Registry[Objective] = Registry(
+    "objective",
+    modules=(
+        "unirobust.objectives.natural",
+        "unirobust.objectives.pgd_at",
+        "unirobust.objectives.trades",
+    ),
+)
+"""Every training loss by name; a builder is ``(spec, ObjectiveContext) -> Objective``."""
