@@ -34,15 +34,18 @@ class MsdSpec(Spec):
     """CE on x + MSD(x) over one linf, one l2 and one l1 threat."""
 
     name: Literal["msd"] = "msd"
-    threats: list[Threat] = Field(min_length=3, max_length=3)
+    threats: list[Threat]
     steps: int = Field(DEFAULT_MSD_ITERS, ge=1)
     step_sizes: dict[NormName, float] | None = None
 
     @model_validator(mode="after")
     def _check_threats(self) -> MsdSpec:
-        missing = set(("linf", "l2", "l1")) - set(by_norm(self.threats))
+        given = by_norm(self.threats)
+        missing = [n for n in ("linf", "l2", "l1") if n not in given]
         if missing:
-            raise ConfigError(f"msd needs one linf, one l2 and one l1 threat; missing {missing}")
+            raise ConfigError(
+                f"msd needs one linf, one l2 and one l1 threat; missing {', '.join(missing)}"
+            )
         return self
 
 
