@@ -96,7 +96,7 @@ def test_avg_trains_on_the_three_attacks_concatenated() -> None:
     rec = Recorder(copy.deepcopy(model))
     rec.train()
     out = Avg(THREATS, 3)(rec, x, y)
-    (x_train, _), = rec.train_calls()
+    ((x_train, _),) = rec.train_calls()
     expected = torch.cat([apgd_train(model, x, y, t, 3).x_best for t in THREATS])
     assert out.count == 3 * len(y) and x_train.shape[0] == 3 * len(y)
     assert torch.equal(x_train, expected)
@@ -108,7 +108,7 @@ def test_max_takes_the_highest_eval_mode_loss_per_example() -> None:
     rec = Recorder(copy.deepcopy(model))
     rec.train()
     Max(THREATS, 3)(rec, x, y)
-    (x_train, _), = rec.train_calls()
+    ((x_train, _),) = rec.train_calls()
     res = {t.norm: apgd_train(model, x, y, t, 3) for t in THREATS}
     losses = torch.stack([res[n].loss_best for n in ("linf", "l1", "l2")])
     winner = losses.argmax(0)
@@ -151,7 +151,7 @@ def test_ramp_ties_go_to_r() -> None:
     out = Ramp(zero, 2, pair=("linf", "l1"))(model, x, y)
     assert float(out.metrics["picked_q"].value) == 0.0
     out = Ramp(THREATS, 3, pair=("linf", "l1"))(model, x, y)
-    assert 0.0 < float(out.metrics["picked_q"].value)  # q does win where its loss is higher
+    assert float(out.metrics["picked_q"].value) > 0.0  # q does win where its loss is higher
 
 
 def test_msd_objective_trains_on_the_msd_point() -> None:
@@ -160,7 +160,7 @@ def test_msd_objective_trains_on_the_msd_point() -> None:
     rec = Recorder(copy.deepcopy(model))
     rec.train()
     MsdAT(THREATS, steps=4, generator=gen(5))(rec, x, y)
-    (x_train, _), = rec.train_calls()
+    ((x_train, _),) = rec.train_calls()
     assert torch.equal(x_train, msd(model, x, y, THREATS, n_iter=4, generator=gen(5)))
     assert not torch.equal(x_train, x)
 
@@ -268,5 +268,5 @@ def test_max_recorded_loss_is_the_train_mode_ce() -> None:
     rec = Recorder(toy_model())
     rec.train()
     out = Max(THREATS, 2)(rec, x, y)
-    (_, logits), = rec.train_calls()
+    ((_, logits),) = rec.train_calls()
     assert torch.allclose(out.loss.detach(), F.cross_entropy(logits, y))

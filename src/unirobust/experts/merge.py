@@ -72,7 +72,9 @@ class MergeRule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
-            raise CheckpointError(f"merge rule keeps no state, but the checkpoint has {sorted(state)}")
+            raise CheckpointError(
+                f"merge rule keeps no state, but the checkpoint has {sorted(state)}"
+            )
 
 
 MERGE_RULES: Registry[MergeRule] = Registry(
