@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from _multinorm_toys import StandIn, toy_batch, toy_model
+from pydantic import ValidationError
 from torch import Tensor
 
 from unirobust.errors import CheckpointError, ConfigError
