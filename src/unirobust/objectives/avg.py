@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unirobust.objectives.base import (
@@ -14,11 +13,11 @@ from unirobust.objectives.base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
-    scored,
 )
 from unirobust.objectives.multinorm import (
     MultiNormObjective,
     MultiNormSpec,
+    ce_on,
     robust_metrics,
     spec_kwargs,
 )
@@ -45,9 +44,7 @@ class Avg(MultiNormObjective):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         results = self.attack_all(model, x, y)
         x_all = torch.cat([r.x_best for r in results.values()])
-        y_all = y.repeat(len(results))
-        logits = model(x_all)
-        return scored(F.cross_entropy(logits, y_all), logits, y_all, **robust_metrics(results))
+        return ce_on(model, x_all, y.repeat(len(results)), **robust_metrics(results))
 
 
 @OBJECTIVES.register("avg", AvgSpec)

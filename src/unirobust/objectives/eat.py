@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unirobust.errors import CheckpointError
@@ -17,17 +16,13 @@ from unirobust.objectives.base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
-    scored,
 )
 from unirobust.objectives.multinorm import (
-    DEFAULT_STEPS,
     MultiNormObjective,
     MultiNormSpec,
     draw_index,
-    robust_metrics,
     spec_kwargs,
 )
-from unirobust.threats import ThreatModel
 
 __all__ = ["EAT_NORMS", "Eat", "EatSpec", "eat_weights"]
 
@@ -72,15 +67,9 @@ class Eat(MultiNormObjective):
 
     name = "eat"
 
-    def __init__(
-        self,
-        threats: Sequence[ThreatModel],
-        steps: int | Mapping[str, int] = DEFAULT_STEPS,
-        *,
-        generator: torch.Generator,
-    ) -> None:
-        super().__init__(threats, steps, attacked=EAT_NORMS)
-        self.generator = generator
+    fixed_norms = EAT_NORMS
+
+    def setup_state(self) -> None:
         self._robust = torch.zeros(len(EAT_NORMS), dtype=torch.long)
         self._seen = [0] * len(EAT_NORMS)
 
@@ -91,20 +80,12 @@ class Eat(MultiNormObjective):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         probs = self.weights()
         j = draw_index(probs, self.generator)
-        norm = EAT_NORMS[j]
-        result = self.attack(model, x, y, norm)
+        p_metrics = {f"p_{n}": Metric(p, "last") for n, p in zip(EAT_NORMS, probs, strict=True)}
+        out, result = self.train_on_norm(model, x, y, j, **p_metrics)
         self._robust = self._robust.to(result.robust.device)
         self._robust[j] += result.robust.sum()
         self._seen[j] += int(y.shape[0])
-        logits = model(result.x_best)
-        return scored(
-            F.cross_entropy(logits, y),
-            logits,
-            y,
-            norm=Metric(float(j), "last"),
-            **{f"p_{n}": Metric(p, "last") for n, p in zip(EAT_NORMS, probs, strict=True)},
-            **robust_metrics({norm: result}),
-        )
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unirobust.objectives.base import (
@@ -14,12 +13,12 @@ from unirobust.objectives.base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
-    scored,
 )
 from unirobust.objectives.multinorm import (
     MAX_TIE_ORDER,
     MultiNormObjective,
     MultiNormSpec,
+    ce_on,
     robust_metrics,
     select_max,
     spec_kwargs,
@@ -51,9 +50,8 @@ class Max(MultiNormObjective):
         x_adv, index = select_max(
             [results[n].x_best for n in order], [results[n].loss_best for n in order]
         )
-        logits = model(x_adv)
         picked = {f"picked_{n}": Metric((index == j).float().mean()) for j, n in enumerate(order)}
-        return scored(F.cross_entropy(logits, y), logits, y, **picked, **robust_metrics(results))
+        return ce_on(model, x_adv, y, **picked, **robust_metrics(results))
 
 
 @OBJECTIVES.register("max", MaxSpec)

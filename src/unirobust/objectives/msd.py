@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
@@ -19,9 +18,8 @@ from unirobust.objectives.base import (
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
-    scored,
 )
-from unirobust.objectives.multinorm import NormName, by_norm
+from unirobust.objectives.multinorm import NormName, by_norm, ce_on
 from unirobust.schema import Spec, Threat
 from unirobust.threats import ThreatModel
 
@@ -80,8 +78,7 @@ class MsdAT(Objective):
             step_sizes=self.step_sizes,
             generator=self.generator,
         )
-        logits = model(x_adv)
-        return scored(F.cross_entropy(logits, y), logits, y)
+        return ce_on(model, x_adv, y)
 
 
 @OBJECTIVES.register("msd", MsdSpec)

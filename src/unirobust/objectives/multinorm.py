@@ -2,8 +2,9 @@
 
 * :class:`MultiNormSpec`: ``threats`` (one per norm, in the order given) and APGD-train ``steps``,
   either one count for every norm or a per-norm mapping (ImageNet RAMP: ``{linf: 5, l1: 15}``).
-* :class:`MultiNormObjective`: holds the threats by norm and attacks one of them with APGD-train
-  (§2, training sparsity, eval mode handled by the attack).
+* :class:`MultiNormObjective`: holds the threats by norm and the expert's generator, and attacks
+  one threat with APGD-train (§2, training sparsity; the attack handles eval mode).
+* :func:`ce_on`: the train-mode forward and mean CE every baseline ends with.
 * :func:`select_max`: per-example choice of the highest eval-mode attack loss with an **explicit**
   tie order (§10: never rely on ``torch.max`` tie behaviour).
 * :func:`draw_index`: one categorical draw from an explicit generator (SAT, E-AT), never the
@@ -13,16 +14,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from unirobust.attacks.apgd import ApgdTrainResult, apgd_train
+from unirobust.attacks.context import resolve_generator
 from unirobust.attacks.pgd import check_count, check_threat
 from unirobust.errors import ConfigError
-from unirobust.objectives.base import Metric, Objective
+from unirobust.objectives.base import Metric, Objective, ObjectiveOutput, scored
 from unirobust.schema import Spec, Threat
 from unirobust.threats import ThreatModel
 
@@ -34,6 +37,7 @@ __all__ = [
     "NormName",
     "Steps",
     "by_norm",
+    "ce_on",
     "draw_index",
     "resolve_steps",
     "robust_metrics",
@@ -106,7 +110,13 @@ class MultiNormSpec(Spec):
 
 
 class MultiNormObjective(Objective):
-    """Base of the objectives that attack several threats with APGD-train (multinorm.md §2, §5)."""
+    """Base of the objectives that attack several threats with APGD-train (multinorm.md §2, §5).
+
+    The attacked norms are ``attacked`` if given, else the class's ``fixed_norms`` (E-AT), else
+    every threat. Subclasses with state create it in :meth:`setup_state`.
+    """
+
+    fixed_norms: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -114,14 +124,20 @@ class MultiNormObjective(Objective):
         steps: int | Mapping[str, int] = DEFAULT_STEPS,
         *,
         attacked: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
+        self.generator = resolve_generator(generator)
         self.threats = by_norm(threats)
-        norms = tuple(self.threats) if attacked is None else tuple(attacked)
+        norms = tuple(attacked or self.fixed_norms or self.threats)
         unknown = [n for n in norms if n not in self.threats]
         if unknown:
             raise ConfigError(f"{self.name}: no threat given for {', '.join(unknown)}")
         self.attacked = norms
         self.steps = resolve_steps(steps, norms)
+        self.setup_state()
+
+    def setup_state(self) -> None:
+        """Create per-run state (none by default)."""
 
     def attack(self, model: nn.Module, x: Tensor, y: Tensor, norm: str) -> ApgdTrainResult:
         """APGD-train (training sparsity 0.05 for l1) on ``norm``; the model's mode is restored."""
@@ -132,6 +148,21 @@ class MultiNormObjective(Objective):
     ) -> dict[str, ApgdTrainResult]:
         """Attack every norm in ``norms`` (default: all attacked norms) on the same model."""
         return {n: self.attack(model, x, y, n) for n in (norms or self.attacked)}
+
+    def train_on_norm(
+        self, model: nn.Module, x: Tensor, y: Tensor, index: int, **metrics: Metric
+    ) -> tuple[ObjectiveOutput, ApgdTrainResult]:
+        """Attack ``attacked[index]`` and take CE on its best point (SAT, E-AT); logs ``norm``."""
+        norm = self.attacked[index]
+        result = self.attack(model, x, y, norm)
+        metrics |= robust_metrics({norm: result})
+        return ce_on(model, result.x_best, y, norm=Metric(float(index), "last"), **metrics), result
+
+
+def ce_on(model: nn.Module, x_adv: Tensor, y: Tensor, **metrics: Metric) -> ObjectiveOutput:
+    """One train-mode forward on the rows to train on and their mean CE."""
+    logits = model(x_adv)
+    return scored(F.cross_entropy(logits, y), logits, y, **metrics)
 
 
 def robust_metrics(results: Mapping[str, ApgdTrainResult]) -> dict[str, Metric]:

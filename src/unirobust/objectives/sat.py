@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unirobust.objectives.base import (
     OBJECTIVES,
-    Metric,
     Objective,
     ObjectiveContext,
     ObjectiveOutput,
-    scored,
 )
 from unirobust.objectives.multinorm import (
-    DEFAULT_STEPS,
     MultiNormObjective,
     MultiNormSpec,
     draw_index,
-    robust_metrics,
     spec_kwargs,
 )
-from unirobust.threats import ThreatModel
 
 __all__ = ["Sat", "SatSpec"]
 
@@ -46,28 +38,9 @@ class Sat(MultiNormObjective):
 
     name = "sat"
 
-    def __init__(
-        self,
-        threats: Sequence[ThreatModel],
-        steps: int | Mapping[str, int] = DEFAULT_STEPS,
-        *,
-        generator: torch.Generator,
-    ) -> None:
-        super().__init__(threats, steps)
-        self.generator = generator
-
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         j = draw_index([1.0] * len(self.attacked), self.generator)
-        norm = self.attacked[j]
-        result = self.attack(model, x, y, norm)
-        logits = model(result.x_best)
-        return scored(
-            F.cross_entropy(logits, y),
-            logits,
-            y,
-            norm=Metric(float(j), "last"),
-            **robust_metrics({norm: result}),
-        )
+        return self.train_on_norm(model, x, y, j)[0]
 
 
 @OBJECTIVES.register("sat", SatSpec)
