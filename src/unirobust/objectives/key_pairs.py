@@ -9,7 +9,7 @@ is the three radii (linf, l2, l1); one not listed needs an explicit ``pair:`` in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from unirobust.errors import ConfigError
@@ -73,11 +73,11 @@ def find_key_pair(radii: Mapping[str, float]) -> tuple[str, str] | None:
     return None
 
 
-def key_pair(
-    radii: Mapping[str, float], override: tuple[str, str] | list[str] | None = None
-) -> tuple[str, str]:
+def key_pair(radii: Mapping[str, float], override: Sequence[str] | None = None) -> tuple[str, str]:
     """The (q, r) RAMP attacks: ``override`` if given, else the table row of ``radii``."""
     if override is not None:
+        if isinstance(override, str) or len(override) != 2:
+            raise ConfigError(f"ramp pair must name two norms [q, r], got {list(override)}")
         q, r = override
         if q == r:
             raise ConfigError(f"ramp pair must name two different norms, got [{q}, {r}]")

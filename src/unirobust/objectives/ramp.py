@@ -136,7 +136,7 @@ class Ramp(MultiNormObjective):
         trades_beta: float = 6.0,
         compat: str = "default",
     ) -> None:
-        q, r = key_pair(_radii(threats), None if pair is None else tuple(pair))  # type: ignore[arg-type]
+        q, r = key_pair(_radii(threats), pair)
         super().__init__(threats, steps, attacked=(q, r))
         self.q, self.r = q, r
         if pair_loss not in PAIR_LOSSES:
