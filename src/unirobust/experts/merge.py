@@ -78,7 +78,12 @@ class MergeRule:
 
 
 MERGE_RULES: Registry[MergeRule] = Registry(
-    "merge rule", modules=("unirobust.experts.merge", "unirobust.experts.ema_mix")
+    "merge rule",
+    modules=(
+        "unirobust.experts.merge",
+        "unirobust.experts.ema_mix",
+        "unirobust.experts.projection",
+    ),
 )
 """Every merge rule by name; a builder is ``(spec, MergeContext) -> MergeRule``."""
 

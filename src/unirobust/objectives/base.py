@@ -94,6 +94,12 @@ OBJECTIVES: Registry[Objective] = Registry(
         "unirobust.objectives.natural",
         "unirobust.objectives.pgd_at",
         "unirobust.objectives.trades",
+        "unirobust.objectives.sat",
+        "unirobust.objectives.avg",
+        "unirobust.objectives.max",
+        "unirobust.objectives.msd",
+        "unirobust.objectives.eat",
+        "unirobust.objectives.ramp",
     ),
 )
 """Every training loss by name; a builder is ``(spec, ObjectiveContext) -> Objective``."""
