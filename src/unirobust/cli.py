@@ -32,10 +32,12 @@ RECIPE_ROOTS = (Path.cwd() / "recipes", Path(__file__).resolve().parents[2] / "r
 
 
 def recipe_files() -> list[Path]:
-    """Recipes shipped in the source tree (``recipes/**.yaml``), first root that exists."""
+    """Recipes shipped in the source tree (``recipes/**.yaml``), first root that exists.
+
+    Files whose name starts with ``_`` are shared bases that recipes ``extends``; not listed."""
     for root in RECIPE_ROOTS:
         if root.is_dir():
-            return sorted(root.rglob("*.yaml"))
+            return sorted(p for p in root.rglob("*.yaml") if not p.name.startswith("_"))
     return []
 
 

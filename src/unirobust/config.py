@@ -237,13 +237,27 @@ class StageConfig(StageFields):
         return self.model_copy(update={"experts": experts, "generalist": None, "merge": merge})
 
 
+def _official(experts: list[ExpertConfig]) -> list[ExpertConfig]:
+    """``compat: official`` applied to a stage's experts (multinorm.md §7)."""
+    out = []
+    for expert in experts:
+        optimizer = expert.optimizer.model_copy(update={"compat_official_lr": True})
+        objective = expert.objective
+        if "compat" in type(objective).model_fields:
+            objective = objective.model_copy(update={"compat": "official"})
+        out.append(expert.model_copy(update={"optimizer": optimizer, "objective": objective}))
+    return out
+
+
 class TrainConfig(StageFields):
     """The run's stages and the options they share.
 
     Short form (one stage): the :class:`StageFields` directly here. Long form:
     ``stages: [...]``, each a :class:`StageConfig`. ``log_every``: steps between reads of the
     on-device running sums (progress, finiteness); ``check_finite: every_step`` checks each loss
-    before its update instead (one host sync a step).
+    before its update instead (one host sync a step). ``compat: official`` reproduces the
+    RAMP/E-AT reference code's quirks (multinorm.md §7): every expert's no-decay group stays at
+    lr 1.0, and objectives with a ``compat`` option (RAMP's TRADES variant) follow it.
     """
 
     stages: list[StageConfig] = Field(default_factory=list)
@@ -254,6 +268,7 @@ class TrainConfig(StageFields):
     distributed: DistributedConfig = DistributedConfig()
     log_every: int = Field(50, ge=1)
     check_finite: Literal["every_step", "log_interval"] = "log_interval"
+    compat: Literal["default", "official"] = "default"
 
     @model_validator(mode="after")
     def _one_form(self) -> TrainConfig:
@@ -273,8 +288,10 @@ class TrainConfig(StageFields):
     def resolved_stages(self) -> list[StageConfig]:
         """The stages with presets expanded (what runs, and what ``stages.json`` records)."""
         short = {k: getattr(self, k) for k in StageFields.model_fields}
-        stages = self.stages or [StageConfig(**short)]
-        return [s.expanded() for s in stages]
+        stages = [s.expanded() for s in self.stages or [StageConfig(**short)]]
+        if self.compat == "official":
+            stages = [s.model_copy(update={"experts": _official(s.experts)}) for s in stages]
+        return stages
 
     @property
     def total_epochs(self) -> int:
@@ -460,16 +477,48 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> RunConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read, override and validate a recipe file."""
-    path = Path(path)
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key; lists and scalars replace."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_recipe_data(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as plain data, with ``extends: other.yaml`` (a path relative to the file)
+    merged underneath it, so recipes that share a configuration state it once."""
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' does not exist (list them with: unirobust recipes)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; a recipe is a YAML text file") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}"
+        )
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' must be a recipe path, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: 'extends: {base}' makes a cycle")
+    return _deep_merge(read_recipe_data(base_path, (*_chain, path.resolve())), data)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read (with ``extends``), override and validate a recipe file."""
+    path = Path(path)
+    data = read_recipe_data(path)
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(data, parts, value)
