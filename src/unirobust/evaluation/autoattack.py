@@ -59,14 +59,13 @@ import torch
 from unirobust.attacks.context import attack_mode, preserve_rng
 from unirobust.errors import ConfigError
 from unirobust.evaluation.checks import EvaluationWarning
-from unirobust.models import model_device
+from unirobust.models import batched_logits, model_device
 from unirobust.threats import ThreatModel, parse_threat, to_pyautoattack_norm
 
 __all__ = [
     "AA_ATTACKS",
     "AutoAttackOutput",
     "configure_autoattack",
-    "predict",
     "run_autoattack",
     "run_autoattack_detailed",
 ]
@@ -102,15 +101,6 @@ def _no_autocast(device: torch.device):
         return torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # pragma: no cover - device type without autocast support
         return nullcontext()
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Argmax predictions of ``model`` on ``x`` in batches (current mode; no grad)."""
-    preds = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)]
-    if not preds:
-        return torch.zeros(0, dtype=torch.long, device=x.device)
-    return torch.cat(preds)
 
 
 def configure_autoattack(
@@ -198,7 +188,7 @@ def run_autoattack_detailed(
     with preserve_rng(), attack_mode(eval_model), _no_autocast(device):
         with torch.no_grad():
             n_classes = int(eval_model(x_dev[:1]).shape[-1]) if x_dev.shape[0] else 0
-        clean_correct = predict(eval_model, x_dev, batch_size) == y_dev
+        clean_correct = batched_logits(eval_model, x_dev, batch_size).argmax(1) == y_dev
         robust = clean_correct.clone()
         fooled_by = {a: torch.zeros_like(robust) for a in attacks}
         n_projected = 0
@@ -250,9 +240,8 @@ def run_autoattack_detailed(
                 x_adv[bad] = threat.project(x_cur[bad], x_adv[bad])
                 n_projected += int(bad.sum())
             # Only feasible misclassified points count (our projection is feasible by design).
-            fooled = (predict(eval_model, x_adv, batch_size) != y_cur) & threat.is_feasible(
-                x_cur, x_adv
-            )
+            pred = batched_logits(eval_model, x_adv, batch_size).argmax(1)
+            fooled = (pred != y_cur) & threat.is_feasible(x_cur, x_adv)
             broken = idx[fooled]
             robust[broken] = False
             fooled_by[attack][broken] = True
