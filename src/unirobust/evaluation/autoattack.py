@@ -196,22 +196,18 @@ def run_autoattack_detailed(
             return _finish(robust, clean_correct, fooled_by, 0, out_device)
 
         to_run = list(attacks)
-        if n_classes < 4 and "apgd-t" in to_run:
-            warnings.warn(
-                f"apgd-t skipped: the targeted DLR loss needs at least 4 classes, the model has "
-                f"{n_classes}",
-                EvaluationWarning,
-                stacklevel=2,
-            )
-            to_run.remove("apgd-t")
-        if n_classes < 3 and "apgd-dlr" in to_run:
-            warnings.warn(
-                f"apgd-dlr skipped: the DLR loss needs at least 3 classes, the model has "
-                f"{n_classes}",
-                EvaluationWarning,
-                stacklevel=2,
-            )
-            to_run.remove("apgd-dlr")
+        for name, loss, needed in (
+            ("apgd-t", "the targeted DLR loss", 4),
+            ("apgd-dlr", "the DLR loss", 3),
+        ):
+            if n_classes < needed and name in to_run:
+                warnings.warn(
+                    f"{name} skipped: {loss} needs at least {needed} classes, the model has "
+                    f"{n_classes}",
+                    EvaluationWarning,
+                    stacklevel=2,
+                )
+                to_run.remove(name)
         if not to_run:
             return _finish(robust, clean_correct, fooled_by, 0, out_device)
 
@@ -271,11 +267,7 @@ def run_autoattack(
     threat: ThreatModel | str,
     *,
     attacks: Sequence[str],
-    seed: int = 0,
-    batch_size: int = 500,
-    n_target_classes: int = 9,
-    l1_restarts: int = 5,
-    l1_target_classes: int = 5,
+    **options: int,
 ) -> torch.Tensor:
     """Per-sample robustness of ``model`` on ``(x, y)`` under ``threat`` with AutoAttack.
 
@@ -285,25 +277,14 @@ def run_autoattack(
         threat: a :class:`~unirobust.threats.ThreatModel` or a spec such as ``"linf:8/255"``.
         attacks: pyautoattack attack names run as a cascade, e.g. ``["apgd-ce", "apgd-t"]``
             (aa-apgd) or ``["apgd-ce", "apgd-t", "fab-t", "square"]`` (aa-standard).
-        seed: AutoAttack seed (always explicit; pyautoattack would otherwise use the clock).
-        batch_size: attack batch size.
-        n_target_classes: targets of apgd-t (linf/l2) and fab-t.
-        l1_restarts: apgd-ce restarts for l1.
-        l1_target_classes: apgd-t targets for l1.
+        options: keyword arguments of :func:`run_autoattack_detailed`:
+            ``seed`` -- AutoAttack seed (default 0; always explicit, pyautoattack would otherwise
+            use the clock); ``batch_size`` -- attack batch size (500); ``n_target_classes`` --
+            targets of apgd-t (linf/l2) and fab-t (9); ``l1_restarts`` -- apgd-ce restarts for
+            l1 (5); ``l1_target_classes`` -- apgd-t targets for l1 (5).
 
     Returns:
         Bool tensor (N,) on ``x.device``: True iff the point is classified correctly clean and
         every attack failed on it. See the module docstring for the exact protocol.
     """
-    return run_autoattack_detailed(
-        model,
-        x,
-        y,
-        threat,
-        attacks=attacks,
-        seed=seed,
-        batch_size=batch_size,
-        n_target_classes=n_target_classes,
-        l1_restarts=l1_restarts,
-        l1_target_classes=l1_target_classes,
-    ).robust
+    return run_autoattack_detailed(model, x, y, threat, attacks=attacks, **options).robust

@@ -345,28 +345,24 @@ def evaluate_corruptions(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    corruptions: Sequence[str] | None = None,
-    severities: Sequence[int] = SEVERITIES,
-    cache_dir: str | os.PathLike[str] | None,
-    dataset: str,
     seed: int = 0,
     batch_size: int = 500,
     pad_mode: str = "edge",
-    progress: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` on corrupted copies of ``(x, y)``.
 
     Args:
         model: classifier on [0,1] inputs; evaluated in eval mode (mode restored).
         x, y: clean images N×C×H×W in [0,1] (C = 1 or 3) and labels.
-        corruptions: subset of :data:`CORRUPTIONS` (default all 15).
-        severities: subset of 1-5.
-        cache_dir: directory for the cached corrupted arrays (``None``: no cache).
-        dataset: dataset name, part of the cache file names.
         seed: corruption seed (see the module docstring).
         batch_size: prediction batch size.
         pad_mode: ``"edge"`` or ``"zero"`` padding for images smaller than 32 px.
-        progress: print one line per (corruption, severity) to stderr.
+        options: the rest of :func:`corruption_columns`: ``cache_dir`` (required; directory of
+            the cached corrupted arrays, ``None``: no cache), ``dataset`` (required; part of the
+            cache file names), ``corruptions`` (subset of :data:`CORRUPTIONS`, default all 15),
+            ``severities`` (subset of 1-5, default all) and ``progress`` (one line per
+            corruption and severity on stderr).
 
     Returns:
         ``{"accuracy": {corruption: {"1": acc, ..., "5": acc}}, "mean_per_corruption":
@@ -375,17 +371,7 @@ def evaluate_corruptions(
         "severities": [...], "n_points", "seed", "dataset", "pad_mode", "backend"}``.
     """
     columns = corruption_columns(
-        model,
-        x,
-        y,
-        corruptions=corruptions,
-        severities=severities,
-        cache_dir=cache_dir,
-        dataset=dataset,
-        seed=seed,
-        batch_size=batch_size,
-        pad_mode=pad_mode,
-        progress=progress,
+        model, x, y, seed=seed, batch_size=batch_size, pad_mode=pad_mode, **options
     )
     summary = corruption_summary(columns, corruption_info(seed, pad_mode)) or {}
     labels = y.detach().to("cpu", torch.long)
@@ -399,7 +385,7 @@ def evaluate_corruptions(
         "severities": summary[Keys.SEVERITIES],
         "n_points": int(x.shape[0]),
         "seed": int(seed),
-        "dataset": dataset,
+        "dataset": options["dataset"],
         "pad_mode": pad_mode,
         "backend": BACKEND,
     }

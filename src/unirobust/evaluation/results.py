@@ -96,6 +96,13 @@ def describe_points(indices: np.ndarray, split: str = "test") -> str:
     return f"{n} selected {split} points (index list sha256 {digest}, stored in the .npz)"
 
 
+def _fraction_robust(flags: np.ndarray) -> float | None:
+    """Fraction of 1s over all points; ``None`` if a point is unknown, NaN without points."""
+    if (flags == NOT_ATTACKED).any():
+        return None
+    return float((flags == 1).mean()) if flags.size else float("nan")
+
+
 def _spec(threat: Any) -> str:
     return str(threat)
 
@@ -238,12 +245,7 @@ class EvalResults:
 
         It is undefined when some point was not attacked under ``threat`` (union-only mode).
         """
-        column = self._column(threat)
-        if (column == NOT_ATTACKED).any():
-            return None
-        if self.n_points == 0:
-            return float("nan")
-        return float((column == 1).mean())
+        return _fraction_robust(self._column(threat))
 
     def union_flags(self, threats: Iterable[Any] | None = None) -> np.ndarray:
         """Per-sample union status as int8: 1 robust, 0 not robust, -1 undefined.
@@ -266,12 +268,7 @@ class EvalResults:
         """Union accuracy over ``threats`` (default all): mean over all N points of the per-sample
         AND of clean-correct and robust under each threat. ``None`` if undefined for some point
         (union-only results restricted to a subset of threats that omits the breaking norm)."""
-        flags = self.union_flags(threats)
-        if (flags == NOT_ATTACKED).any():
-            return None
-        if self.n_points == 0:
-            return float("nan")
-        return float((flags == 1).mean())
+        return _fraction_robust(self.union_flags(threats))
 
     # ------------------------------------------------------------------ subsets
     def subset(
