@@ -156,13 +156,30 @@ def test_subset_recomputes_without_attacking():
         res.subset(indices=[99])
 
 
+def _logits_for(labels: np.ndarray, correct: np.ndarray, classes: int = 6) -> np.ndarray:
+    """Logits whose argmax is the label exactly where ``correct``."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(labels.size, classes)).astype(np.float32)
+    target = np.where(correct, labels, (labels + 1) % classes)
+    logits[np.arange(labels.size), target] += 10.0
+    return logits
+
+
 def test_save_load_round_trip(tmp_path):
     res = _table()
-    res.calibration = {"ece": 0.1}
+    res.logits = _logits_for(res.labels, res.clean_correct)
+    res.val_logits = _logits_for(np.arange(6), np.array([1, 1, 1, 0, 1, 1], dtype=bool))
+    res.val_labels = np.arange(6)
+    res.calibration = True
+    res.corrupted = {"fog:1": res.clean_correct, "fog:3": np.zeros(6, dtype=bool)}
     npz, js = res.save(tmp_path, stem="ev")
     assert npz.name == "ev.npz" and js.name == "ev.json"
     summary = json.loads(js.read_text())
-    assert set(summary) == SUMMARY_KEYS | {"calibration"}
+    assert set(summary) == SUMMARY_KEYS | {"groups", "calibration", "corruptions"}
+    assert summary["groups"] == ["clean", "threats", "union", "calibration", "corruptions"]
+    assert summary["calibration"]["acc"] == pytest.approx(summary["clean_acc"])
+    assert summary["calibration"]["temperature"] > 0
+    assert summary["corruptions"]["per_corruption"] == {"fog": {"1": 5 / 6, "3": 0.0}}
     assert summary["points"] == "test points 10..15 (6 points)"
     assert summary["union_acc"] == pytest.approx(1 / 6)
     assert summary["threats"] == ["linf:0.1", "l2:0.5", "l1:2"]
@@ -174,9 +191,30 @@ def test_save_load_round_trip(tmp_path):
         assert back.threats == res.threats and back.threat_labels == res.threat_labels
         for spec in res.threats:
             np.testing.assert_array_equal(back.robust[spec], res.robust[spec])
+        np.testing.assert_array_equal(back.logits, res.logits)
+        np.testing.assert_array_equal(back.val_logits, res.val_logits)
+        assert back.logits.dtype == np.float32
         assert back.summary() == res.summary()
     with np.load(npz, allow_pickle=False) as arrays:
         assert arrays["robust"].dtype == np.int8
+
+
+def test_no_threats_table_and_logits_must_agree(tmp_path):
+    labels = np.array([0, 1, 2])
+    correct = np.array([1, 0, 1], dtype=bool)
+    res = EvalResults(indices=np.arange(3), labels=labels, clean_correct=correct, robust={})
+    res.logits = _logits_for(labels, correct)
+    summary = EvalResults.load(res.save(tmp_path, stem="c")[0]).summary()
+    assert summary["groups"] == ["clean"] and summary["robust_acc"] == {}
+    assert summary["union_acc"] is None and summary["clean_acc"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="argmax"):
+        EvalResults(
+            indices=np.arange(3),
+            labels=labels,
+            clean_correct=~correct,
+            robust={},
+            logits=_logits_for(labels, correct),
+        )
 
 
 def test_default_stem_and_missing_file(tmp_path):

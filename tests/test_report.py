@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from unirobust.errors import RunDirError
+from unirobust.evaluation.keys import Calibration, Reliability
 from unirobust.report import compare_runs, format_results_table, load_run, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,6 +40,32 @@ def _config(name: str = "generalist-fmnist", seed: int = 0) -> dict[str, Any]:
 
 
 VAL_ATTACK = "PGD-20 linf 0.1, 500 val points"
+
+STAGES = {
+    "stages": [
+        {
+            "name": "main",
+            "epochs": 3,
+            "experts": [
+                {
+                    "name": "natural",
+                    "objective": {"name": "natural"},
+                    "optimizer": {"name": "sgd", "momentum": 0.9},
+                    "lr_schedule": {"kind": "constant", "value": 0.1},
+                },
+                {
+                    "name": "robust",
+                    "objective": {"name": "pgd_at", "threat": "linf:0.1", "steps": 10},
+                    "optimizer": {"name": "sgd", "momentum": 0.9},
+                    "lr_schedule": {"kind": "constant", "value": 0.05},
+                },
+            ],
+            "merge": {"name": "ema_mix", "beta": 0.99},
+            "trainable": "all",
+            "bn_mode": "train",
+        }
+    ]
+}
 
 
 def _epochs(is_best: tuple[bool, ...] = (True, True, False), with_val: bool = True) -> list[dict]:
@@ -97,10 +124,10 @@ def _summary(
             "nll": 0.51,
             "brier": 0.25,
             "acc": clean,
-            "reliability": {
-                "bin_confidence": [0.15, 0.45, 0.75, 0.95],
-                "bin_accuracy": [0.1, 0.4, 0.7, 0.9],
-                "bin_count": [0, 100, 300, 600],
+            Calibration.RELIABILITY: {  # the keys the evaluation writes (evaluation/keys.py)
+                Reliability.CONFIDENCE: [0.15, 0.45, 0.75, 0.95],
+                Reliability.ACCURACY: [0.1, 0.4, 0.7, 0.9],
+                Reliability.COUNT: [0, 100, 300, 600],
             },
         }
     return s
@@ -114,10 +141,13 @@ def make_run(
     seed: int = 0,
     evals: dict[str, dict[str, Any]] | None = None,
     epochs: list[dict] | None = None,
+    stages: dict[str, Any] | None = STAGES,
 ) -> Path:
     run = root / dirname
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(_config(name, seed)))
+    if stages is not None:
+        (run / "stages.json").write_text(json.dumps(stages))
     events = list(_epochs() if epochs is None else epochs)
     events.insert(1, {"event": "resume", "from_epoch": 1})  # unknown events are ignored
     if evals:
@@ -170,12 +200,22 @@ def test_report_full_run(tmp_path: Path) -> None:
     assert "Generalist on Fashion-MNIST (proxy)." in text
     assert "fashion-mnist" in text and "lenet" in text and "generalist" in text
     assert "pgd_at" in text and "natural" in text
+    assert "natural + pgd_at merged by ema_mix" in text and "ema_mix (beta=0.99)" in text
+    assert "sgd (momentum=0.9)" in text and "linf 0.1" in text
     # selection note: epoch 2 was the last flagged is_best
     assert "**epoch 2**" in text
     assert "validation split" in text
     assert "used only for the final evaluation" in text
     assert VAL_ATTACK in text
     assert "not evaluated yet" not in text.lower()
+
+
+def test_experts_only_from_stages_json(tmp_path: Path) -> None:
+    run = make_run(tmp_path, stages=None)  # config.yaml still lists experts: they are not shown
+    text = write_report(run).read_text()
+    assert "Stages" not in text and "pgd_at" not in text and "ema_mix" not in text
+    assert "`generalist`" in text  # the recipe's own method name is still shown
+    _assert_png(run / "report" / "training_curves.png")
 
 
 def test_checkpoint_resolved_from_event_and_best_epoch(tmp_path: Path) -> None:

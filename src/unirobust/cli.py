@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from pydantic import ValidationError
 from rich.console import Console
 
 from unirobust.errors import ConfigError, UserError
@@ -130,48 +129,61 @@ def train(
 @app.command("eval")
 def eval_(
     target: Annotated[Path, typer.Argument(help="Run directory or exported .safetensors model.")],
-    suite: Annotated[str, typer.Option(help="aa-standard | aa-apgd | fast")] = "aa-standard",
+    suite: Annotated[str | None, typer.Option(help="aa-standard | aa-apgd | fast")] = None,
     threats: Annotated[str | None, typer.Option(help="e.g. linf:0.1,l2:1.5,l1:10")] = None,
-    n: Annotated[int, typer.Option(help="First N test points.")] = 1000,
-    batch_size: Annotated[int, typer.Option()] = 500,
+    n: Annotated[int | None, typer.Option(help="First N test points (0: all).")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
     checkpoint: Annotated[
-        str, typer.Option(help="best, last or best,last (run directories).")
-    ] = "best",
+        str | None, typer.Option(help="best, last or best,last (run directories).")
+    ] = None,
     union_only: Annotated[
-        bool, typer.Option(help="Attack each norm only on points still robust.")
-    ] = False,
-    seed: Annotated[int, typer.Option()] = 0,
+        bool | None, typer.Option(help="Attack each norm only on points still robust.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Attack and corruption seed.")] = None,
+    calibration: Annotated[
+        bool | None, typer.Option(help="Calibration metrics and reliability diagram.")
+    ] = None,
     corruptions: Annotated[
-        str | None, typer.Option(help="Common corruptions: 'all' or a comma list.")
+        str | None, typer.Option(help="Common corruptions: 'all', 'none' or a comma list.")
     ] = None,
     severities: Annotated[
-        str, typer.Option(help="Corruption severities, e.g. 1,3,5.")
-    ] = "1,2,3,4,5",
+        str | None, typer.Option(help="Corruption severities, e.g. 1,3,5.")
+    ] = None,
 ) -> None:
-    """Evaluate a model: clean, each threat, union; writes per-sample results next to it."""
+    """Evaluate a model: clean, calibration, each threat and their union, corruptions.
+
+    Settings come from the run's recipe (its eval: block); an option given here replaces only
+    the setting it names. Without threats (none given, none in the recipe) the evaluation is clean
+    accuracy, calibration and corruptions only. Per-sample results are written next to the model.
+    """
 
     def action() -> None:
-        from unirobust.config import EvalConfig
         from unirobust.pipeline import evaluate_run
         from unirobust.report import format_results_table
         from unirobust.threats import parse_threats
 
-        texts = [str(t) for t in parse_threats(threats)] if threats else []
-        try:
-            spec = EvalConfig(
-                suite=suite,
-                threats=texts,
-                n=n,
-                batch_size=batch_size,
-                checkpoints=[c.strip() for c in checkpoint.split(",")],
-                union_only=union_only,
-                corruptions=[c.strip() for c in corruptions.split(",")] if corruptions else [],
-                corruption_severities=[int(v) for v in severities.split(",") if v.strip()],
-            )
-        except (ValueError, ValidationError) as err:  # one line naming the option
-            first = str(err).splitlines()
-            raise ConfigError(f"bad eval option: {' '.join(first[1:3]).strip()}") from None
-        summaries = evaluate_run(target, spec, progress=True, seed=seed)
+        def items(text: str) -> list[str]:
+            return [v.strip() for v in text.split(",") if v.strip()]
+
+        given = {
+            "suite": suite,
+            "threats": parse_threats(threats) if threats else None,
+            "batch_size": batch_size,
+            "checkpoints": items(checkpoint) if checkpoint is not None else None,
+            "union_only": union_only,
+            "seed": seed,
+            "calibration": calibration,
+            "corruptions": None
+            if corruptions is None
+            else [c for c in items(corruptions) if c != "none"],
+            "corruption_severities": None
+            if severities is None
+            else [int(v) if v.isdigit() else v for v in items(severities)],
+        }
+        overrides = {k: v for k, v in given.items() if v is not None}
+        if n is not None:
+            overrides["n"] = n or None  # 0: every test point
+        summaries = evaluate_run(target, overrides=overrides, progress=True)
         out.print(format_results_table(summaries), highlight=False)
 
     _run(action)

@@ -315,7 +315,13 @@ class ValidationConfig(Strict):
 
 
 class EvalConfig(Strict):
-    """The final test-set evaluation of the saved checkpoints (issue 3 suites)."""
+    """The final test-set evaluation of the saved checkpoints, as metric groups.
+
+    ``clean`` always runs; ``threats``/``union`` when there are threats (``threats``, else the
+    recipe's ``validation.threats``); ``calibration`` and ``corruptions`` when asked for. Setting
+    ``suite`` or ``union_only`` asks for robust evaluation: without any threat that is an error.
+    ``n: null`` evaluates every test point; ``seed`` seeds the attacks and the corruptions.
+    """
 
     enabled: bool = True
     suite: Literal["aa-standard", "aa-apgd", "fast"] = "aa-standard"
@@ -324,6 +330,7 @@ class EvalConfig(Strict):
     batch_size: int = Field(500, gt=0)
     checkpoints: list[Literal["best", "last"]] = Field(default_factory=lambda: ["best", "last"])
     union_only: bool = False
+    seed: int = 0
     calibration: bool = True
     corruptions: list[str] = Field(default_factory=list)
     corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])

@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from unirobust.build import build_model_for, build_stage
 from unirobust.config import EvalConfig, RunConfig, config_to_dict, validate_recipe
@@ -28,7 +30,8 @@ from unirobust.engine.distributed import init_distributed, shutdown_distributed
 from unirobust.engine.rundir import RunDir
 from unirobust.engine.trainer import Trainer
 from unirobust.errors import ConfigError
-from unirobust.models import batched_logits
+from unirobust.evaluation.keys import Summary
+from unirobust.io import atomic_write_text
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,79 +170,86 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return validate_recipe(run.read_config(), str(run.config_path))
 
 
+def eval_spec(base: EvalConfig, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
+    """``base`` with only the fields named in ``overrides`` replaced (each one validated).
+
+    The command line passes just the options the user typed, so the recipe's ``eval:`` block
+    keeps everything else; a bad value is a one-line :class:`ConfigError` naming the option.
+    """
+    if not overrides:
+        return base
+    try:
+        checked = EvalConfig.model_validate(dict(overrides))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "eval"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"bad eval option '{where}': {msg}") from None
+    return base.model_copy(update={k: getattr(checked, k) for k in overrides})
+
+
 def evaluate_run(
     target: str | Path,
     spec: EvalConfig | None = None,
     *,
+    overrides: Mapping[str, Any] | None = None,
     progress: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a run's exported checkpoints (or one model file) on the test split.
 
-    Writes ``eval/<checkpoint>-<suite>.{npz,json}`` (per sample, so union and subsets are
-    recomputed, never re-attacked) and logs a ``final_eval`` event. Returns the summaries.
+    ``spec`` defaults to the run's recipe ``eval:`` block (``EvalConfig()`` for a model file);
+    ``overrides`` replace only the fields they name; ``seed`` (if given) overrides ``spec.seed``.
+    Metric groups: clean always, threats and union when there are threats (``spec.threats``, else
+    the recipe's validation threats), calibration and corruptions when asked for. Asking for
+    robust evaluation (``suite`` set explicitly, or ``union_only``) without any threat is an error.
+
+    Writes ``eval/<checkpoint>-<suite|clean>.{npz,json}`` (the per-sample table, logits
+    included, so every group is recomputed from it, never re-run) and logs a ``final_eval`` event.
+    Returns the summaries.
     """
-    from unirobust.analysis.calibration import calibration_metrics, fit_temperature
     from unirobust.data import load_dataset
-    from unirobust.evaluation import evaluate
 
     target = Path(target)
+    eval_spec(EvalConfig(), overrides)  # a bad option fails before anything is loaded
     is_run = target.is_dir()
     config = load_run_config(target) if is_run else None
-    spec = spec or (config.eval if config else EvalConfig())
-    threats = list(spec.threats or (config.validation.threats if config else []))
-    if not threats:
-        raise ConfigError("no threats to evaluate: pass --threats, e.g. linf:0.1,l2:1.5,l1:10")
-    threat_texts = [str(t) for t in threats]
+    base = spec or (config.eval if config else EvalConfig())
+    spec = eval_spec(base, overrides)
+    threats = list(spec.threats) or (list(config.validation.threats) if config else [])
+    if not threats and ("suite" in spec.model_fields_set or spec.union_only):
+        raise ConfigError(
+            f"robust evaluation asked for (suite {spec.suite}"
+            + (", union_only" if spec.union_only else "")
+            + ") but there are no threats: pass --threats, e.g. linf:0.1,l2:1.5,l1:10, "
+            "or set eval.threats in the recipe"
+        )
+    seed = spec.seed if seed is None else int(seed)
     checkpoints = list(spec.checkpoints) if is_run else ["file"]
+    out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
     summaries = []
     for which in checkpoints:
         model, meta = load_model(target, which if is_run else "best")
-        data_seed = config.seed if config else 0
         bundle = load_dataset(
             meta.get("dataset", "fashion_mnist"),
             data_dir=meta.get("data_dir"),
             n_test=spec.n,
             val_size=config.data.val_size if config else 0,
-            seed=data_seed,
+            seed=config.seed if config else 0,
         )
-        test = bundle.test
-        out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"{which}-{spec.suite}{'-union_only' if spec.union_only else ''}"
-        # a killed evaluation resumes from this file; another evaluation never collides with it
-        key = json.dumps([threat_texts, spec.n, spec.batch_size, seed, spec.union_only])
-        state_path = out_dir / f".{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.state"
+        group = spec.suite if threats else "clean"
+        stem = f"{which}-{group}{'-union_only' if spec.union_only and threats else ''}"
         start = time.perf_counter()
-        results = evaluate(
-            model,
-            test.x,
-            test.y,
-            test.indices,
-            threats=threats,
-            suite=spec.suite,
-            batch_size=spec.batch_size,
-            union_only=spec.union_only,
-            seed=seed,
-            state_path=state_path,
-            progress=progress,
-            dataset=bundle.name,
-            split="test",
-        )
-        _, summary_path = results.save(out_dir, stem=stem)
-        state_path.unlink(missing_ok=True)
-        summary = json.loads(summary_path.read_text())
-        summary["checkpoint"] = which
-        summary["model_path"] = meta["path"]
-        if spec.calibration:
-            summary["calibration"] = _calibration(
-                model, bundle, calibration_metrics, fit_temperature
-            )
-        if spec.corruptions:
-            summary["corruptions"] = _corruptions(model, bundle, spec, progress)
-        # wall_time_s stays the attack time of the runner (summed over resumed sessions)
-        summary["session_s"] = round(time.perf_counter() - start, 2)
-        summary_path.write_text(json.dumps(summary, indent=2))
+        table = _evaluate_groups(model, bundle, spec, threats, seed, out_dir, stem, progress)
+        _, summary_path = table.save(out_dir, stem=stem)
+        summary = {
+            **json.loads(summary_path.read_text()),
+            Summary.CHECKPOINT: which,
+            Summary.MODEL_PATH: meta["path"],
+            # wall_time_s stays the attack time of the runner (summed over resumed sessions)
+            Summary.SESSION_S: round(time.perf_counter() - start, 2),
+        }
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
         if is_run:
             RunDir(target).log(
                 {
@@ -252,40 +262,52 @@ def evaluate_run(
     return summaries
 
 
+def _evaluate_groups(
+    model, bundle, spec: EvalConfig, threats: list, seed: int, out_dir: Path, stem: str, progress
+):
+    """The per-sample table of one model: clean (+ threats, union), calibration, corruptions."""
+    from unirobust.evaluation import add_calibration, add_corruptions, evaluate
+
+    test = bundle.test
+    # a killed evaluation resumes from this file; another evaluation never collides with it
+    key = json.dumps([[str(t) for t in threats], spec.n, spec.batch_size, seed, spec.union_only])
+    state_path = out_dir / f".{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.state"
+    table = evaluate(
+        model,
+        test.x,
+        test.y,
+        test.indices,
+        threats=threats,
+        suite=spec.suite,
+        batch_size=spec.batch_size,
+        union_only=spec.union_only,
+        seed=seed,
+        state_path=state_path if threats else None,
+        progress=progress,
+        dataset=bundle.name,
+        split="test",
+    )
+    state_path.unlink(missing_ok=True)
+    if spec.calibration:
+        val = bundle.val if bundle.val is not None and len(bundle.val) else None
+        add_calibration(table, model, (val.x, val.y) if val else None, spec.batch_size)
+    if spec.corruptions:
+        add_corruptions(
+            table,
+            model,
+            test.x,
+            test.y,
+            seed=seed,
+            corruptions=spec.corruptions,
+            severities=spec.corruption_severities,
+            cache_dir=cache_dir() / "corruptions",
+            dataset=bundle.name,
+            batch_size=spec.batch_size,
+            progress=progress,
+        )
+    return table
+
+
 def cache_dir() -> Path:
     """Where computed artefacts shared across runs live (``$UNIROBUST_CACHE`` overrides)."""
     return Path(os.environ.get("UNIROBUST_CACHE", Path.home() / ".cache" / "unirobust"))
-
-
-def _corruptions(model, bundle, spec: EvalConfig, progress: bool) -> dict[str, Any]:
-    """Accuracy under common corruptions on the same test points (cached corrupted copies)."""
-    from unirobust.evaluation import evaluate_corruptions
-
-    result = evaluate_corruptions(
-        model,
-        bundle.test.x,
-        bundle.test.y,
-        corruptions=spec.corruptions,
-        severities=spec.corruption_severities,
-        cache_dir=cache_dir() / "corruptions",
-        dataset=bundle.name,
-        progress=progress,
-    )
-    return {
-        "mean_acc": result["mean_acc"],
-        "per_corruption": result["accuracy"],
-        "mean_per_corruption": result["mean_per_corruption"],
-    }
-
-
-def _calibration(model, bundle, calibration_metrics, fit_temperature) -> dict[str, Any]:
-    """Test-set calibration, and temperature scaling fitted on the validation split only."""
-    logits = batched_logits(model, bundle.test.x)
-    out = dict(calibration_metrics(logits, bundle.test.y))
-    if bundle.val is not None and len(bundle.val) > 0:
-        temperature = float(fit_temperature(batched_logits(model, bundle.val.x), bundle.val.y))
-        scaled = calibration_metrics(logits / temperature, bundle.test.y)
-        out["temperature"] = temperature
-        out["ece_scaled"] = float(scaled["ece"])
-        out["nll_scaled"] = float(scaled["nll"])
-    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in out.items()}

@@ -14,17 +14,14 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unirobust.data.split import Split
 from unirobust.errors import ConfigError
 from unirobust.seeding import derive_seed
-
-if TYPE_CHECKING:
-    from unirobust.data.registry import Split
 
 __all__ = ["Augment", "AugmentParams", "BatchLoader", "derive_seed"]
 

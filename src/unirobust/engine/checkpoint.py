@@ -14,11 +14,8 @@ Exported models are safetensors files whose metadata carries the model recipe, s
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +27,12 @@ from torch import nn
 
 from unirobust.errors import CheckpointError
 from unirobust.experts.tensors import unwrap
+from unirobust.io import atomic_write
 
 TRAIN_STATE_FORMAT = "unirobust-train-state"
 MODEL_FORMAT = "unirobust-model"
 FORMAT_VERSION = 1
 _PREFIXES = ("module.", "_orig_mod.")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp_path)`` then rename over ``path``: a kill leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

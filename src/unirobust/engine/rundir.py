@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from unirobust.engine.checkpoint import atomic_write
 from unirobust.errors import RunDirError
+from unirobust.io import atomic_write_text
 
 
 class RunDir:
@@ -77,7 +77,7 @@ class RunDir:
         run = cls(root)
         run.checkpoints.mkdir(exist_ok=True)
         text = yaml.safe_dump(config, sort_keys=False)
-        atomic_write(run.config_path, lambda tmp: tmp.write_text(text))
+        atomic_write_text(run.config_path, text)
         run.metrics_path.touch()
         return run
 
@@ -117,4 +117,4 @@ class RunDir:
         """Drop epoch records newer than ``epoch`` (written after the last checkpoint)."""
         keep = [r for r in self.records() if not (r.get("event") == "epoch" and r["epoch"] > epoch)]
         text = "".join(json.dumps(r) + "\n" for r in keep)
-        atomic_write(self.metrics_path, lambda tmp: tmp.write_text(text))
+        atomic_write_text(self.metrics_path, text)

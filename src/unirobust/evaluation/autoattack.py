@@ -59,14 +59,13 @@ import torch
 from unirobust.attacks.context import attack_mode, preserve_rng
 from unirobust.errors import ConfigError
 from unirobust.evaluation.checks import EvaluationWarning
-from unirobust.models import model_device
+from unirobust.models import batched_logits, model_device
 from unirobust.threats import ThreatModel, parse_threat, to_pyautoattack_norm
 
 __all__ = [
     "AA_ATTACKS",
     "AutoAttackOutput",
     "configure_autoattack",
-    "predict",
     "run_autoattack",
     "run_autoattack_detailed",
 ]
@@ -102,15 +101,6 @@ def _no_autocast(device: torch.device):
         return torch.autocast(device_type=device.type, enabled=False)
     except RuntimeError:  # pragma: no cover - device type without autocast support
         return nullcontext()
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Argmax predictions of ``model`` on ``x`` in batches (current mode; no grad)."""
-    preds = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)]
-    if not preds:
-        return torch.zeros(0, dtype=torch.long, device=x.device)
-    return torch.cat(preds)
 
 
 def configure_autoattack(
@@ -198,7 +188,7 @@ def run_autoattack_detailed(
     with preserve_rng(), attack_mode(eval_model), _no_autocast(device):
         with torch.no_grad():
             n_classes = int(eval_model(x_dev[:1]).shape[-1]) if x_dev.shape[0] else 0
-        clean_correct = predict(eval_model, x_dev, batch_size) == y_dev
+        clean_correct = batched_logits(eval_model, x_dev, batch_size).argmax(1) == y_dev
         robust = clean_correct.clone()
         fooled_by = {a: torch.zeros_like(robust) for a in attacks}
         n_projected = 0
@@ -206,22 +196,18 @@ def run_autoattack_detailed(
             return _finish(robust, clean_correct, fooled_by, 0, out_device)
 
         to_run = list(attacks)
-        if n_classes < 4 and "apgd-t" in to_run:
-            warnings.warn(
-                f"apgd-t skipped: the targeted DLR loss needs at least 4 classes, the model has "
-                f"{n_classes}",
-                EvaluationWarning,
-                stacklevel=2,
-            )
-            to_run.remove("apgd-t")
-        if n_classes < 3 and "apgd-dlr" in to_run:
-            warnings.warn(
-                f"apgd-dlr skipped: the DLR loss needs at least 3 classes, the model has "
-                f"{n_classes}",
-                EvaluationWarning,
-                stacklevel=2,
-            )
-            to_run.remove("apgd-dlr")
+        for name, loss, needed in (
+            ("apgd-t", "the targeted DLR loss", 4),
+            ("apgd-dlr", "the DLR loss", 3),
+        ):
+            if n_classes < needed and name in to_run:
+                warnings.warn(
+                    f"{name} skipped: {loss} needs at least {needed} classes, the model has "
+                    f"{n_classes}",
+                    EvaluationWarning,
+                    stacklevel=2,
+                )
+                to_run.remove(name)
         if not to_run:
             return _finish(robust, clean_correct, fooled_by, 0, out_device)
 
@@ -250,9 +236,8 @@ def run_autoattack_detailed(
                 x_adv[bad] = threat.project(x_cur[bad], x_adv[bad])
                 n_projected += int(bad.sum())
             # Only feasible misclassified points count (our projection is feasible by design).
-            fooled = (predict(eval_model, x_adv, batch_size) != y_cur) & threat.is_feasible(
-                x_cur, x_adv
-            )
+            pred = batched_logits(eval_model, x_adv, batch_size).argmax(1)
+            fooled = (pred != y_cur) & threat.is_feasible(x_cur, x_adv)
             broken = idx[fooled]
             robust[broken] = False
             fooled_by[attack][broken] = True
@@ -282,11 +267,7 @@ def run_autoattack(
     threat: ThreatModel | str,
     *,
     attacks: Sequence[str],
-    seed: int = 0,
-    batch_size: int = 500,
-    n_target_classes: int = 9,
-    l1_restarts: int = 5,
-    l1_target_classes: int = 5,
+    **options: int,
 ) -> torch.Tensor:
     """Per-sample robustness of ``model`` on ``(x, y)`` under ``threat`` with AutoAttack.
 
@@ -296,25 +277,14 @@ def run_autoattack(
         threat: a :class:`~unirobust.threats.ThreatModel` or a spec such as ``"linf:8/255"``.
         attacks: pyautoattack attack names run as a cascade, e.g. ``["apgd-ce", "apgd-t"]``
             (aa-apgd) or ``["apgd-ce", "apgd-t", "fab-t", "square"]`` (aa-standard).
-        seed: AutoAttack seed (always explicit; pyautoattack would otherwise use the clock).
-        batch_size: attack batch size.
-        n_target_classes: targets of apgd-t (linf/l2) and fab-t.
-        l1_restarts: apgd-ce restarts for l1.
-        l1_target_classes: apgd-t targets for l1.
+        options: keyword arguments of :func:`run_autoattack_detailed`:
+            ``seed`` -- AutoAttack seed (default 0; always explicit, pyautoattack would otherwise
+            use the clock); ``batch_size`` -- attack batch size (500); ``n_target_classes`` --
+            targets of apgd-t (linf/l2) and fab-t (9); ``l1_restarts`` -- apgd-ce restarts for
+            l1 (5); ``l1_target_classes`` -- apgd-t targets for l1 (5).
 
     Returns:
         Bool tensor (N,) on ``x.device``: True iff the point is classified correctly clean and
         every attack failed on it. See the module docstring for the exact protocol.
     """
-    return run_autoattack_detailed(
-        model,
-        x,
-        y,
-        threat,
-        attacks=attacks,
-        seed=seed,
-        batch_size=batch_size,
-        n_target_classes=n_target_classes,
-        l1_restarts=l1_restarts,
-        l1_target_classes=l1_target_classes,
-    ).robust
+    return run_autoattack_detailed(model, x, y, threat, attacks=attacks, **options).robust

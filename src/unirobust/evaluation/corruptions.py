@@ -39,22 +39,32 @@ import hashlib
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from unirobust.attacks.context import attack_mode, preserve_rng
+from unirobust.attacks.context import preserve_rng
 from unirobust.errors import ConfigError
-from unirobust.evaluation.autoattack import predict
-from unirobust.evaluation.results import _atomic_write_bytes
+from unirobust.evaluation.keys import Corruptions as Keys
+from unirobust.io import atomic_write_bytes
+from unirobust.models import batched_logits
+
+if TYPE_CHECKING:
+    from unirobust.evaluation.results import EvalResults
 
 __all__ = [
+    "BACKEND",
     "CORRUPTIONS",
     "SEVERITIES",
+    "add_corruptions",
+    "column_key",
     "corrupt_images",
+    "corruption_columns",
+    "corruption_info",
+    "corruption_summary",
     "evaluate_corruptions",
 ]
 
@@ -79,6 +89,7 @@ CORRUPTIONS: tuple[str, ...] = (
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 _MIN_SIZE = 32
 _SEEDED_KWARG = ("glass_blur", "impulse_noise")
+BACKEND = "imagecorruptions (ImageNet-C constants)"
 
 
 def _backend():
@@ -214,11 +225,21 @@ def _cached(
     arr = _corrupt_uint8(images, corruption, severity, seed=seed, pad_mode=pad_mode)
     buffer = io.BytesIO()
     np.save(buffer, arr, allow_pickle=False)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return arr
 
 
-def evaluate_corruptions(
+def column_key(corruption: str, severity: int) -> str:
+    """Name of a per-sample column of the evaluation table, e.g. ``"fog:3"``."""
+    return f"{corruption}:{severity}"
+
+
+def _correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    pred = batched_logits(model, x, batch_size, out_device="cpu").argmax(1)
+    return (pred == y).numpy()
+
+
+def corruption_columns(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -231,26 +252,11 @@ def evaluate_corruptions(
     batch_size: int = 500,
     pad_mode: str = "edge",
     progress: bool = False,
-) -> dict[str, Any]:
-    """Accuracy of ``model`` on corrupted copies of ``(x, y)``.
+) -> dict[str, np.ndarray]:
+    """Per-sample correctness (bool, length N) of ``model`` on each corrupted copy of ``(x, y)``.
 
-    Args:
-        model: classifier on [0,1] inputs; evaluated in eval mode (mode restored).
-        x, y: clean images N×C×H×W in [0,1] (C = 1 or 3) and labels.
-        corruptions: subset of :data:`CORRUPTIONS` (default all 15).
-        severities: subset of 1-5.
-        cache_dir: directory for the cached corrupted arrays (``None``: no cache).
-        dataset: dataset name, part of the cache file names.
-        seed: corruption seed (see the module docstring).
-        batch_size: prediction batch size.
-        pad_mode: ``"edge"`` or ``"zero"`` padding for images smaller than 32 px.
-        progress: print one line per (corruption, severity) to stderr.
-
-    Returns:
-        ``{"accuracy": {corruption: {"1": acc, ..., "5": acc}}, "mean_per_corruption":
-        {corruption: acc}, "mean_acc": mean over every (corruption, severity),
-        "clean_acc": accuracy on the unquantised clean x, "corruptions": [...],
-        "severities": [...], "n_points", "seed", "dataset", "pad_mode", "backend"}``.
+    Keys are :func:`column_key` ``(corruption, severity)``; arguments as in
+    :func:`evaluate_corruptions`.
     """
     names = _check_names(corruptions)
     sevs = [_check_severity(s) for s in severities]
@@ -261,22 +267,9 @@ def evaluate_corruptions(
     _backend()
     images = _quantise(x)
     labels = y.detach().to("cpu", torch.long)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     cache = Path(cache_dir) if cache_dir is not None else None
-
-    def accuracy(batch: torch.Tensor) -> float:
-        with attack_mode(model):
-            pred = torch.cat(
-                [
-                    predict(model, batch[i : i + batch_size].to(device), batch_size).cpu()
-                    for i in range(0, batch.shape[0], batch_size)
-                ]
-            )
-        return float((pred == labels).to(torch.float64).mean())
-
-    table: dict[str, dict[str, float]] = {}
+    columns: dict[str, np.ndarray] = {}
     for name in names:
-        table[name] = {}
         for severity in sevs:
             corrupted = _cached(
                 images,
@@ -287,25 +280,112 @@ def evaluate_corruptions(
                 cache_dir=cache,
                 dataset=dataset,
             )
-            acc = accuracy(torch.from_numpy(corrupted.astype(np.float32) / 255.0))
-            table[name][str(severity)] = acc
+            batch = torch.from_numpy(corrupted.astype(np.float32) / 255.0)
+            column = _correct(model, batch, labels, batch_size)
+            columns[column_key(name, severity)] = column
             if progress:
                 print(
-                    f"[unirobust corruptions] {name} s{severity}: {acc:.2%}",
+                    f"[unirobust corruptions] {name} s{severity}: {column.mean():.2%}",
                     file=sys.stderr,
                     flush=True,
                 )
-    per_corruption = {name: float(np.mean(list(v.values()))) for name, v in table.items()}
+    return columns
+
+
+def corruption_summary(
+    columns: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ``corruptions`` block of the summary from per-sample columns (``None`` without any)."""
+    if not columns:
+        return None
+    table: dict[str, dict[str, float]] = {}
+    for key, column in columns.items():
+        name, severity = key.rsplit(":", 1)
+        table.setdefault(name, {})[severity] = float(np.mean(column)) if column.size else np.nan
+    severities = sorted({int(s) for accs in table.values() for s in accs})
     return {
-        "accuracy": table,
-        "mean_per_corruption": per_corruption,
-        "mean_acc": float(np.mean([a for v in table.values() for a in v.values()])),
-        "clean_acc": accuracy(x.detach().to("cpu", torch.float32)),
-        "corruptions": names,
-        "severities": sevs,
+        Keys.NAMES: list(table),
+        Keys.SEVERITIES: severities,
+        Keys.PER_CORRUPTION: table,
+        Keys.MEAN_PER_CORRUPTION: {n: float(np.mean(list(v.values()))) for n, v in table.items()},
+        Keys.MEAN_ACC: float(np.mean([a for v in table.values() for a in v.values()])),
+        **(info or {}),
+    }
+
+
+def corruption_info(seed: int, pad_mode: str) -> dict[str, Any]:
+    """How corrupted copies were made, as reported in the summary."""
+    return {Keys.SEED: int(seed), Keys.PAD_MODE: pad_mode, Keys.BACKEND: BACKEND}
+
+
+def add_corruptions(
+    table: EvalResults,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int = 0,
+    pad_mode: str = "edge",
+    **options: Any,
+) -> EvalResults:
+    """The ``corruptions`` group: add per-sample corrupted-copy columns to ``table``.
+
+    ``x, y`` are the table's points in its row order; ``options`` as :func:`corruption_columns`.
+    """
+    if int(x.shape[0]) != table.n_points:
+        raise ConfigError(f"{int(x.shape[0])} images for a table of {table.n_points} points")
+    columns = corruption_columns(model, x, y, seed=seed, pad_mode=pad_mode, **options)
+    table.corrupted.update(columns)
+    table.corruption_info = corruption_info(seed, pad_mode)
+    return table
+
+
+def evaluate_corruptions(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int = 0,
+    batch_size: int = 500,
+    pad_mode: str = "edge",
+    **options: Any,
+) -> dict[str, Any]:
+    """Accuracy of ``model`` on corrupted copies of ``(x, y)``.
+
+    Args:
+        model: classifier on [0,1] inputs; evaluated in eval mode (mode restored).
+        x, y: clean images N×C×H×W in [0,1] (C = 1 or 3) and labels.
+        seed: corruption seed (see the module docstring).
+        batch_size: prediction batch size.
+        pad_mode: ``"edge"`` or ``"zero"`` padding for images smaller than 32 px.
+        options: the rest of :func:`corruption_columns`: ``cache_dir`` (required; directory of
+            the cached corrupted arrays, ``None``: no cache), ``dataset`` (required; part of the
+            cache file names), ``corruptions`` (subset of :data:`CORRUPTIONS`, default all 15),
+            ``severities`` (subset of 1-5, default all) and ``progress`` (one line per
+            corruption and severity on stderr).
+
+    Returns:
+        ``{"accuracy": {corruption: {"1": acc, ..., "5": acc}}, "mean_per_corruption":
+        {corruption: acc}, "mean_acc": mean over every (corruption, severity),
+        "clean_acc": accuracy on the unquantised clean x, "corruptions": [...],
+        "severities": [...], "n_points", "seed", "dataset", "pad_mode", "backend"}``.
+    """
+    columns = corruption_columns(
+        model, x, y, seed=seed, batch_size=batch_size, pad_mode=pad_mode, **options
+    )
+    summary = corruption_summary(columns, corruption_info(seed, pad_mode)) or {}
+    labels = y.detach().to("cpu", torch.long)
+    clean = _correct(model, x.detach().to("cpu", torch.float32), labels, batch_size)
+    return {
+        "accuracy": summary[Keys.PER_CORRUPTION],
+        "mean_per_corruption": summary[Keys.MEAN_PER_CORRUPTION],
+        "mean_acc": summary[Keys.MEAN_ACC],
+        "clean_acc": float(np.mean(clean)),
+        "corruptions": summary[Keys.NAMES],
+        "severities": summary[Keys.SEVERITIES],
         "n_points": int(x.shape[0]),
         "seed": int(seed),
-        "dataset": dataset,
+        "dataset": options["dataset"],
         "pad_mode": pad_mode,
-        "backend": "imagecorruptions (ImageNet-C constants)",
+        "backend": BACKEND,
     }

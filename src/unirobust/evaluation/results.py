@@ -13,9 +13,15 @@ Encoding of the per-threat columns (``robust[spec]``, ``np.int8``):
   under an earlier threat in union-only mode (multinorm.md §8). Such points are non-robust for the
   union over all threats, but their per-threat status is undefined.
 
+The table also keeps the clean **logits** (float32, N x classes) so calibration is recomputed
+from it, the validation logits and labels when temperature scaling is asked for (the temperature
+is fitted on them, never on the test rows), and per-sample correctness on each corrupted copy
+(``corrupted["<corruption>:<severity>"]``, bool). Every metric group of the summary is a function
+of this table (:mod:`unirobust.evaluation.summary`).
+
 Files written by :meth:`EvalResults.save`: ``<stem>.npz`` (arrays, loadable with
-``allow_pickle=False``) and ``<stem>.json`` (a human-readable summary whose schema the report
-module reads; keep its keys stable).
+``allow_pickle=False``) and ``<stem>.json`` (the summary; its keys are defined in
+:mod:`unirobust.evaluation.keys`, which the report reads with).
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,9 @@ import numpy as np
 import torch
 
 from unirobust.errors import ConfigError
+from unirobust.evaluation.keys import REQUIRED, Summary
+from unirobust.evaluation.keys import Corruptions as CorKeys
+from unirobust.io import atomic_savez, atomic_write_text
 
 __all__ = [
     "NOT_ATTACKED",
@@ -41,26 +49,13 @@ __all__ = [
     "model_hash",
 ]
 
+#: Corruption settings kept with the table (the summary reports them back).
+CORRUPTION_INFO = (CorKeys.SEED, CorKeys.PAD_MODE, CorKeys.BACKEND)
+
+_OPTIONAL_ARRAYS = ("logits", "val_logits", "val_labels")
+
 #: Value of a per-threat cell for a point that was not attacked (union-only mode).
 NOT_ATTACKED = -1
-
-_SUMMARY_KEYS = (
-    "suite",
-    "model_hash",
-    "dataset",
-    "split",
-    "n_points",
-    "points",
-    "seed",
-    "batch_size",
-    "threats",
-    "threat_labels",
-    "union_only",
-    "clean_acc",
-    "robust_acc",
-    "union_acc",
-    "wall_time_s",
-)
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -101,31 +96,15 @@ def describe_points(indices: np.ndarray, split: str = "test") -> str:
     return f"{n} selected {split} points (index list sha256 {digest}, stored in the .npz)"
 
 
+def _fraction_robust(flags: np.ndarray) -> float | None:
+    """Fraction of 1s over all points; ``None`` if a point is unknown, NaN without points."""
+    if (flags == NOT_ATTACKED).any():
+        return None
+    return float((flags == 1).mean()) if flags.size else float("nan")
+
+
 def _spec(threat: Any) -> str:
     return str(threat)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass
@@ -148,7 +127,11 @@ class EvalResults:
         union_only: whether union-only mode was used (per-norm numbers are then undefined).
         wall_time_s: total attack wall time, summed over resumed sessions.
         points: human description of the points; derived from ``indices`` when empty.
-        calibration, corruptions: optional summaries attached by other analyses.
+        logits: clean logits (float32, N x classes), or ``None`` for tables without them.
+        val_logits, val_labels: validation logits and labels for temperature scaling (optional).
+        calibration: whether the calibration group is part of the summary (needs ``logits``).
+        corrupted: ``"<corruption>:<severity>"`` -> bool column, correct on the corrupted copy.
+        corruption_info: how the corrupted copies were made (seed, pad mode, backend).
     """
 
     indices: np.ndarray
@@ -166,8 +149,12 @@ class EvalResults:
     union_only: bool = False
     wall_time_s: float = 0.0
     points: str = ""
-    calibration: dict[str, Any] | None = None
-    corruptions: dict[str, Any] | None = None
+    logits: np.ndarray | None = None
+    val_logits: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    calibration: bool = False
+    corrupted: dict[str, np.ndarray] = field(default_factory=dict)
+    corruption_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.indices = np.asarray(self.indices, dtype=np.int64).reshape(-1)
@@ -206,6 +193,32 @@ class EvalResults:
             raise ValueError("threat_labels must have one entry per threat")
         if not self.points:
             self.points = describe_points(self.indices, self.split)
+        self._check_logits_and_corruptions()
+
+    def _check_logits_and_corruptions(self) -> None:
+        n = self.n_points
+        if self.logits is not None:
+            self.logits = np.asarray(self.logits, dtype=np.float32)
+            if self.logits.ndim != 2 or self.logits.shape[0] != n:
+                raise ValueError(f"logits must have shape ({n}, classes), got {self.logits.shape}")
+            if n and not np.array_equal(self.logits.argmax(1) == self.labels, self.clean_correct):
+                raise ValueError("clean_correct disagrees with the argmax of the stored logits")
+        if (self.val_logits is None) != (self.val_labels is None):
+            raise ValueError("give val_logits and val_labels together")
+        if self.val_logits is not None:
+            self.val_logits = np.asarray(self.val_logits, dtype=np.float32)
+            self.val_labels = np.asarray(self.val_labels, dtype=np.int64).reshape(-1)
+            if self.val_logits.shape[0] != self.val_labels.size:
+                raise ValueError("val_logits and val_labels have different lengths")
+        if self.calibration and self.logits is None:
+            raise ValueError("the calibration group needs the clean logits")
+        corrupted = {}
+        for key, column in self.corrupted.items():
+            col = np.asarray(column, dtype=bool).reshape(-1)
+            if col.size != n:
+                raise ValueError(f"corrupted[{key!r}] has {col.size} entries, expected {n}")
+            corrupted[str(key)] = col
+        self.corrupted = corrupted
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -232,12 +245,7 @@ class EvalResults:
 
         It is undefined when some point was not attacked under ``threat`` (union-only mode).
         """
-        column = self._column(threat)
-        if (column == NOT_ATTACKED).any():
-            return None
-        if self.n_points == 0:
-            return float("nan")
-        return float((column == 1).mean())
+        return _fraction_robust(self._column(threat))
 
     def union_flags(self, threats: Iterable[Any] | None = None) -> np.ndarray:
         """Per-sample union status as int8: 1 robust, 0 not robust, -1 undefined.
@@ -260,12 +268,7 @@ class EvalResults:
         """Union accuracy over ``threats`` (default all): mean over all N points of the per-sample
         AND of clean-correct and robust under each threat. ``None`` if undefined for some point
         (union-only results restricted to a subset of threats that omits the breaking norm)."""
-        flags = self.union_flags(threats)
-        if (flags == NOT_ATTACKED).any():
-            return None
-        if self.n_points == 0:
-            return float("nan")
-        return float((flags == 1).mean())
+        return _fraction_robust(self.union_flags(threats))
 
     # ------------------------------------------------------------------ subsets
     def subset(
@@ -318,35 +321,20 @@ class EvalResults:
             union_only=self.union_only,
             wall_time_s=self.wall_time_s,
             points="",
-            calibration=None,
-            corruptions=None,
+            logits=None if self.logits is None else self.logits[rows],
+            val_logits=self.val_logits,
+            val_labels=self.val_labels,
+            calibration=self.calibration,
+            corrupted={k: v[rows] for k, v in self.corrupted.items()},
+            corruption_info=dict(self.corruption_info),
         )
 
     # ------------------------------------------------------------------ io
     def summary(self) -> dict[str, Any]:
-        """The JSON summary (schema read by the report module; keys are stable)."""
-        out: dict[str, Any] = {
-            "suite": self.suite,
-            "model_hash": self.model_hash,
-            "dataset": self.dataset,
-            "split": self.split,
-            "n_points": self.n_points,
-            "points": self.points,
-            "seed": int(self.seed),
-            "batch_size": int(self.batch_size),
-            "threats": list(self.threats),
-            "threat_labels": list(self.threat_labels),
-            "union_only": bool(self.union_only),
-            "clean_acc": self.clean_acc(),
-            "robust_acc": {spec: self.robust_acc(spec) for spec in self.threats},
-            "union_acc": self.union_acc() if self.threats else None,
-            "wall_time_s": float(self.wall_time_s),
-        }
-        if self.calibration is not None:
-            out["calibration"] = self.calibration
-        if self.corruptions is not None:
-            out["corruptions"] = self.corruptions
-        return out
+        """The JSON summary: every metric group recomputed from this table (keys: ``keys.py``)."""
+        from unirobust.evaluation.summary import summarize
+
+        return summarize(self)
 
     def default_stem(self) -> str:
         """``eval_<suite>_<split><N>``, e.g. ``eval_aa-apgd_test1000``."""
@@ -367,16 +355,22 @@ class EvalResults:
             if self.threats
             else np.zeros((0, self.n_points), dtype=np.int8)
         )
-        _atomic_savez(
-            npz_path,
-            indices=self.indices,
-            labels=self.labels,
-            clean_correct=self.clean_correct,
-            robust=matrix,
-            threats=np.array(self.threats, dtype=np.str_),
-        )
-        text = json.dumps(self.summary(), indent=2, allow_nan=True) + "\n"
-        _atomic_write_bytes(json_path, text.encode("utf-8"))
+        arrays: dict[str, np.ndarray] = {
+            "indices": self.indices,
+            "labels": self.labels,
+            "clean_correct": self.clean_correct,
+            "robust": matrix,
+            "threats": np.array(self.threats, dtype=np.str_),
+            "corrupted_keys": np.array(list(self.corrupted), dtype=np.str_),
+            "corrupted": np.stack(list(self.corrupted.values()))
+            if self.corrupted
+            else np.zeros((0, self.n_points), dtype=bool),
+        }
+        for name in _OPTIONAL_ARRAYS:
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        atomic_savez(npz_path, **arrays)
+        atomic_write_text(json_path, json.dumps(self.summary(), indent=2, allow_nan=True) + "\n")
         return npz_path, json_path
 
     @classmethod
@@ -390,7 +384,7 @@ class EvalResults:
             if not p.exists():
                 raise ConfigError(f"evaluation results file not found: {p}")
         meta = json.loads(json_path.read_text(encoding="utf-8"))
-        missing = [k for k in _SUMMARY_KEYS if k not in meta]
+        missing = [k for k in REQUIRED if k not in meta]
         if missing:
             raise ConfigError(f"{json_path} is not an evaluation summary (missing {missing})")
         with np.load(npz_path, allow_pickle=False) as arrays:
@@ -398,22 +392,31 @@ class EvalResults:
             if threats != list(meta["threats"]):
                 raise ConfigError(f"{npz_path} and {json_path} disagree on the threat list")
             matrix = arrays["robust"]
+            present = set(arrays.files)
+            optional = {k: arrays[k] for k in _OPTIONAL_ARRAYS if k in present}
+            corrupted = {}
+            if "corrupted_keys" in present:
+                keys = [str(k) for k in arrays["corrupted_keys"]]
+                corrupted = dict(zip(keys, arrays["corrupted"], strict=True))
+            cor = meta.get(Summary.CORRUPTIONS) or {}
             return cls(
                 indices=arrays["indices"],
                 labels=arrays["labels"],
                 clean_correct=arrays["clean_correct"],
                 robust={spec: matrix[i] for i, spec in enumerate(threats)},
-                suite=meta["suite"],
+                suite=meta[Summary.SUITE],
                 threats=threats,
-                threat_labels=list(meta["threat_labels"]),
-                model_hash=meta["model_hash"],
-                dataset=meta["dataset"],
-                split=meta["split"],
-                seed=int(meta["seed"]),
-                batch_size=int(meta["batch_size"]),
-                union_only=bool(meta["union_only"]),
-                wall_time_s=float(meta["wall_time_s"]),
-                points=meta["points"],
-                calibration=meta.get("calibration"),
-                corruptions=meta.get("corruptions"),
+                threat_labels=list(meta[Summary.THREAT_LABELS]),
+                model_hash=meta[Summary.MODEL_HASH],
+                dataset=meta[Summary.DATASET],
+                split=meta[Summary.SPLIT],
+                seed=int(meta[Summary.SEED]),
+                batch_size=int(meta[Summary.BATCH_SIZE]),
+                union_only=bool(meta[Summary.UNION_ONLY]),
+                wall_time_s=float(meta[Summary.WALL_TIME_S]),
+                points=meta[Summary.POINTS],
+                calibration=Summary.CALIBRATION in meta and "logits" in optional,
+                corrupted=corrupted,
+                corruption_info={k: cor[k] for k in CORRUPTION_INFO if k in cor},
+                **optional,
             )

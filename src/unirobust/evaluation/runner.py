@@ -1,7 +1,8 @@
-"""Resumable multi-threat evaluation producing a per-sample :class:`EvalResults` table.
+"""Metric groups ``threats`` and ``union``: resumable attacks into the per-sample table.
 
-:func:`evaluate` classifies the points clean, then, threat by threat, runs an attack suite on the
-clean-correct points in chunks of ``batch_size`` and records per-point robust flags.
+:func:`evaluate` classifies the points clean (the ``clean`` group; the logits are kept in the
+table), then, threat by threat, runs an attack suite on the clean-correct points in chunks of
+``batch_size`` and records per-point robust flags. With no threats it returns the clean table.
 
 **Union-only mode** (multinorm.md §8). Threats are attacked in the order linf, l1, l2 (other norms
 after, each group in the given order), each only on the points still robust under every earlier
@@ -44,21 +45,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from unirobust.attacks.context import attack_mode, preserve_rng
 from unirobust.errors import ConfigError
-from unirobust.evaluation.autoattack import _fp32_model, _no_autocast, predict
+from unirobust.evaluation.autoattack import _fp32_model
 from unirobust.evaluation.checks import EvaluationWarning, check_black_box, run_sanity_checks
-from unirobust.evaluation.results import (
-    NOT_ATTACKED,
-    EvalResults,
-    _atomic_write_bytes,
-    model_hash,
-)
+from unirobust.evaluation.clean import clean_logits
+from unirobust.evaluation.keys import Summary
+from unirobust.evaluation.results import NOT_ATTACKED, EvalResults, model_hash
 from unirobust.evaluation.suites import Suite, get_suite
+from unirobust.io import atomic_write_bytes
 from unirobust.models import model_device
 from unirobust.threats import ThreatModel, parse_threat, parse_threats
 
-__all__ = ["UNION_ORDER", "evaluate", "order_threats"]
+__all__ = ["UNION_ORDER", "evaluate", "order_threats", "threat_summary"]
 
 #: Attack order of union-only mode (multinorm.md §8); other norms follow.
 UNION_ORDER = ("linf", "l1", "l2")
@@ -73,8 +71,6 @@ def _as_threats(threats: str | ThreatModel | Sequence[str | ThreatModel]) -> lis
     if isinstance(threats, ThreatModel):
         return [threats]
     out = [parse_threat(t) if isinstance(t, str) else t for t in threats]
-    if not out:
-        raise ConfigError("no threat models given: pass e.g. 'linf:8/255,l2:0.5,l1:12'")
     specs = [str(t) for t in out]
     dupes = sorted({s for s in specs if specs.count(s) > 1})
     if dupes:
@@ -136,7 +132,7 @@ class _State:
             chunks_done=self.chunks_done,
             fooled_counts=self.fooled_counts,
         )
-        _atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path, fingerprint: dict[str, Any], specs: list[str]) -> _State:
@@ -244,17 +240,8 @@ def evaluate(
         "n_points": n,
     }
 
-    with preserve_rng(), attack_mode(model), _no_autocast(device):
-        clean_pred = (
-            torch.cat(
-                [
-                    predict(model, x[i : i + batch_size].to(device), batch_size).cpu()
-                    for i in range(0, n, batch_size)
-                ]
-            )
-            if n
-            else torch.zeros(0, dtype=torch.long)
-        )
+    logits = clean_logits(model, x, batch_size)  # the clean group, kept in the table
+    clean_pred = logits.argmax(dim=1)
     clean_correct = (clean_pred == y.cpu()).numpy()
 
     if state_file is not None and state_file.exists():
@@ -325,7 +312,7 @@ def evaluate(
         labels=labels,
         clean_correct=clean_correct,
         robust={spec: state.robust[t].copy() for t, spec in enumerate(specs)},
-        suite=suite_obj.name,
+        suite=suite_obj.name if specs else "",  # no attack ran without threats
         threats=specs,
         threat_labels=[t.label for t in threat_list],
         model_hash=mhash,
@@ -335,7 +322,19 @@ def evaluate(
         batch_size=int(batch_size),
         union_only=bool(union_only),
         wall_time_s=float(state.wall_time_s),
+        logits=logits.numpy(),
     )
+
+
+def threat_summary(table: EvalResults) -> dict[str, Any]:
+    """Metric groups ``threats`` and ``union`` of the summary, recomputed from the table."""
+    return {
+        Summary.THREATS: list(table.threats),
+        Summary.THREAT_LABELS: list(table.threat_labels),
+        Summary.UNION_ONLY: bool(table.union_only),
+        Summary.ROBUST_ACC: {spec: table.robust_acc(spec) for spec in table.threats},
+        Summary.UNION_ACC: table.union_acc() if table.threats else None,
+    }
 
 
 def _active(state: _State, t: int, union_only: bool) -> np.ndarray:

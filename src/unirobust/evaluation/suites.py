@@ -39,9 +39,9 @@ from unirobust.errors import ConfigError
 from unirobust.evaluation.autoattack import (
     _fp32_model,
     _no_autocast,
-    predict,
     run_autoattack_detailed,
 )
+from unirobust.models import batched_logits
 from unirobust.threats import ThreatModel, parse_threat
 
 __all__ = [
@@ -99,7 +99,7 @@ class Suite:
 def _clean_only(model, x, y, attacks, batch_size) -> SuiteOutput:
     """ε = 0 (or no points): robust is clean-correct; no attack runs."""
     with preserve_rng(), attack_mode(model):
-        correct = predict(model, x.float(), batch_size) == y.to(x.device)
+        correct = batched_logits(model, x.float(), batch_size).argmax(1) == y.to(x.device)
     return SuiteOutput(
         robust=correct.to(x.device),
         fooled_by={a: torch.zeros_like(correct, device=x.device) for a in attacks},
@@ -146,7 +146,7 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
                     model, xb[idx], yb[idx], threat, n_iter=FAST_N_ITER, loss="ce", generator=gen
                 )
                 ok = threat.is_feasible(xb[idx], x_adv)
-                broken = (predict(model, x_adv, batch_size) != yb[idx]) & ok
+                broken = (batched_logits(model, x_adv, batch_size).argmax(1) != yb[idx]) & ok
                 alive[idx[broken]] = False
                 fooled_ce[start + idx[broken]] = True
             # Stage 2: targeted APGD-DLR on the survivors (needs >= 4 classes).
@@ -165,7 +165,7 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
                     generator=gen,
                 )
                 ok = threat.is_feasible(xb[idx], x_adv)
-                broken = (predict(model, x_adv, batch_size) != yb[idx]) & ok
+                broken = (batched_logits(model, x_adv, batch_size).argmax(1) != yb[idx]) & ok
                 alive[idx[broken]] = False
                 fooled_t[start + idx[broken]] = True
             robust[start : start + xb.shape[0]] = alive

@@ -106,11 +106,26 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Eval-mode logits of ``x`` in batches; the model's train/eval mode is restored."""
+def batched_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 1000,
+    *,
+    out_device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Eval-mode logits of ``x``, ``batch_size`` rows at a time, without gradients.
+
+    The library's one batched prediction helper (validation, calibration, the clean pass and
+    attack checks of the evaluation, corruptions). Each batch is moved to the model's device; the
+    logits are returned on ``out_device`` (default: the model's device). The model's train/eval
+    mode is restored afterwards. Predictions are ``batched_logits(...).argmax(1)``.
+    """
+    device = model_device(model)
+    target = torch.device(out_device) if out_device is not None else device
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        starts = range(0, len(x), batch_size) if len(x) else [0]  # an empty x gives (0, K)
+        return torch.cat([model(x[i : i + batch_size].to(device)).to(target) for i in starts])
     finally:
         model.train(was_training)

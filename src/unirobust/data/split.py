@@ -1,0 +1,61 @@
+"""In-memory dataset containers: :class:`Split` (one split) and :class:`DatasetBundle`.
+
+They live apart from the registry (which builds them) and the loader (which iterates them), so
+neither of those imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["DatasetBundle", "Split"]
+
+
+@dataclass(eq=False)
+class Split:
+    """One split in memory. ``x`` may be given as uint8 (0..255); it is stored as float [0, 1]."""
+
+    x: Tensor
+    y: Tensor
+    indices: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dtype == torch.uint8:
+            self.x = self.x.to(torch.float32).div_(255.0)
+        if self.x.ndim != 4 or not self.x.is_floating_point():
+            raise ValueError(
+                f"Split.x must be float (N, C, H, W); got {self.x.dtype} {self.x.shape}"
+            )
+        self.y = self.y.to(torch.int64)
+        self.indices = self.indices.to(torch.int64)
+        n = self.x.shape[0]
+        if self.y.shape != (n,) or self.indices.shape != (n,):
+            raise ValueError(
+                f"Split sizes disagree: x {n}, y {tuple(self.y.shape)}, "
+                f"indices {tuple(self.indices.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def subset(self, positions: Tensor | list[int]) -> Split:
+        """Rows at ``positions`` (positions in this split, not original indices)."""
+        pos = torch.as_tensor(positions, dtype=torch.int64, device=self.x.device)
+        return Split(self.x[pos], self.y[pos], self.indices[pos])
+
+    def to(self, device: str | torch.device) -> Split:
+        return Split(self.x.to(device), self.y.to(device), self.indices.to(device))
+
+
+@dataclass(eq=False)
+class DatasetBundle:
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    class_names: list[str]

@@ -1,0 +1,224 @@
+"""Comparing runs: seeds of the same recipe pooled into mean ± sample std, trade-off plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from unirobust.errors import UserError
+from unirobust.evaluation.keys import Summary as S
+from unirobust.io import atomic_write_text
+from unirobust.report.figures import _plot_tradeoff
+from unirobust.report.fmt import (
+    ABSENT,
+    NA,
+    UNION_NOTE,
+    _md_table,
+    _num,
+    _pct,
+    _robust,
+    _show_union,
+    _threats,
+    _which_points,
+)
+from unirobust.report.runs import load_run
+
+
+def _aggregate(values: Sequence[Any]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1) of the non-missing values."""
+    raw = [_num(v) for v in values]
+    vals = [v for v in raw if v is not None]
+    return {
+        "mean": statistics.fmean(vals) if vals else None,
+        "std": statistics.stdev(vals) if len(vals) > 1 else None,
+        "n": len(vals),
+        "values": raw,
+    }
+
+
+def _fmt_agg(agg: Mapping[str, Any] | None, n_runs: int) -> str:
+    if agg is None:
+        return ABSENT
+    if agg["mean"] is None:
+        return NA
+    text = _pct(agg["mean"])
+    if agg["std"] is not None:
+        text += f" ± {100 * agg['std']:.2f}"
+    if agg["n"] < n_runs:
+        text += f" (n={agg['n']})"
+    return text
+
+
+def compare_runs(
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    checkpoint: str = "last",
+    title: str = "",
+) -> Path:
+    """Aggregate runs over seeds and write ``comparison.md``, ``comparison.json``, ``tradeoff.png``.
+
+    Runs are grouped by recipe ``name`` (and, so that unlike numbers are never averaged, by suite,
+    threats, dataset, split and points). Each group shows mean ± sample std (ddof=1) over its seeds
+    of clean, per-threat and union accuracy for ``checkpoint``. Runs without a summary for that
+    checkpoint are listed as skipped. Returns the path of ``comparison.md``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped: list[dict[str, str]] = []
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for d in run_dirs:
+        d = Path(d)
+        try:
+            run = load_run(d)
+        except UserError as exc:
+            skipped.append({"run": str(d), "reason": str(exc)})
+            continue
+        recs = run.summaries(checkpoint)
+        if not recs:
+            others = sorted({r.checkpoint for r in run.summaries()})
+            reason = f"no evaluation summary for checkpoint `{checkpoint}`"
+            if others:
+                reason += f" (found: {', '.join(others)})"
+            skipped.append({"run": str(d), "reason": reason})
+            continue
+        rec = recs[-1]
+        s = rec.summary or {}
+        specs = tuple(spec for spec, _ in _threats(s))
+        key = (
+            run.name,
+            s.get(S.SUITE),
+            specs,
+            s.get(S.DATASET),
+            s.get(S.SPLIT),
+            s.get(S.N_POINTS),
+            s.get(S.POINTS),
+        )
+        g = groups.setdefault(key, {"method": run.name, "summary": s, "runs": []})
+        g["runs"].append(
+            {"run": str(d), "seed": run.config.get("seed"), "summary_path": rec.rel, "s": s}
+        )
+
+    results = []
+    for g in groups.values():
+        s0 = g["summary"]
+        runs = g["runs"]
+        threats = _threats(s0)
+        seeds = [r["seed"] for r in runs]
+        results.append(
+            {
+                "method": g["method"],
+                "n_seeds": len(runs),
+                "seeds": seeds,
+                "suite": s0.get(S.SUITE),
+                "dataset": s0.get(S.DATASET),
+                "split": s0.get(S.SPLIT),
+                "n_points": s0.get(S.N_POINTS),
+                "points": s0.get(S.POINTS),
+                "threats": [spec for spec, _ in threats],
+                "threat_labels": [label for _, label in threats],
+                "clean": _aggregate([r["s"].get(S.CLEAN_ACC) for r in runs]),
+                "robust": {
+                    spec: _aggregate([_robust(r["s"], spec) for r in runs]) for spec, _ in threats
+                },
+                "union": _aggregate([r["s"].get(S.UNION_ACC) for r in runs])
+                if _show_union(s0)
+                else None,
+                "runs": [{k: v for k, v in r.items() if k != "s"} for r in runs],
+            }
+        )
+
+    payload = {
+        "title": title,
+        "checkpoint": checkpoint,
+        "std": "sample standard deviation over seeds (ddof=1); null with one seed",
+        "groups": results,
+        "skipped": skipped,
+    }
+    atomic_write_text(out_dir / "comparison.json", json.dumps(payload, indent=2) + "\n")
+    fig_name = _plot_tradeoff(results, out_dir, checkpoint, title)
+    path = out_dir / "comparison.md"
+    atomic_write_text(path, _render_comparison(results, skipped, checkpoint, title, fig_name))
+    return path
+
+
+def _render_comparison(
+    results: list[dict[str, Any]],
+    skipped: list[dict[str, str]],
+    checkpoint: str,
+    title: str,
+    fig_name: str | None,
+) -> str:
+    lines = [f"# {title or 'Comparison of runs'}", ""]
+    lines += [
+        f"Checkpoint `{checkpoint}`. Accuracies in %, mean ± sample standard deviation (ddof=1) "
+        f"over seeds; `(n=k)` when only k seeds have the number. {UNION_NOTE}.",
+        "",
+    ]
+    if results:
+        columns: dict[str, str] = {}
+        for r in results:
+            for spec, label in zip(r["threats"], r["threat_labels"], strict=True):
+                columns.setdefault(spec, label)
+        any_union = any(r["union"] is not None for r in results)
+        header = ["method", "seeds", "clean %", *(f"{lab} %" for lab in columns.values())]
+        header += ["union %"] if any_union else []
+        header += ["points", "suite"]
+        rows = []
+        for r in results:
+            n = r["n_seeds"]
+            seeds = ", ".join("?" if x is None else str(x) for x in r["seeds"])
+            row = [r["method"], f"{n} ({seeds})", _fmt_agg(r["clean"], n)]
+            row += [_fmt_agg(r["robust"].get(spec), n) for spec in columns]
+            if any_union:
+                row.append(_fmt_agg(r["union"], n))
+            row += [_which_points(r), r["suite"] or "?"]
+            rows.append(row)
+        align = "lr" + "r" * (len(header) - 4) + "ll"
+        lines += [_md_table(header, rows, align), ""]
+        names = [r["method"] for r in results]
+        if len(set(names)) < len(names):
+            lines += [
+                "**Warning:** some recipes appear on several rows because their seeds were "
+                "evaluated differently (suite, threats or points); those rows are not averaged.",
+                "",
+            ]
+        setups = {(r["suite"], r["n_points"], r["points"], r["split"]) for r in results}
+        if len(setups) > 1:
+            lines += [
+                "**Warning:** rows were evaluated with different suites or points; compare them "
+                "with care.",
+                "",
+            ]
+        seen: dict[str, list[Any]] = {}
+        for r in results:
+            for seed in r["seeds"]:
+                seen.setdefault(r["method"], []).append(seed)
+        dup = [m for m, ss in seen.items() if len(ss) != len(set(ss))]
+        if dup:
+            lines += [f"**Warning:** repeated seeds within: {', '.join(dup)}.", ""]
+    else:
+        lines += ["No run has an evaluation summary for this checkpoint.", ""]
+    if fig_name:
+        caption = (
+            f"Clean against robust accuracy per method (mean over seeds, error bars ± one sample "
+            f"std), `{checkpoint}` checkpoint; one panel per threat, plus the union when a suite "
+            "has several threats. Axis labels name the threat, suite and number of points."
+        )
+        lines += [f"![Trade-off]({fig_name})", "", f"*{caption}*", ""]
+    if skipped:
+        lines += ["## Skipped runs", ""]
+        lines += [f"- `{s['run']}`: {s['reason']}" for s in skipped]
+        lines += [""]
+    if results:
+        lines += ["## Runs included", ""]
+        for r in results:
+            for run in r["runs"]:
+                lines.append(
+                    f"- {r['method']}, seed {run['seed']}: `{run['run']}` ({run['summary_path']})"
+                )
+        lines += [""]
+    return "\n".join(lines).rstrip() + "\n"
