@@ -113,6 +113,17 @@ def test_multinorm_piecewise_ft_and_superconverge() -> None:
     assert build_lr_schedule({"kind": "piecewise-ft", "lr_max": 0.05, "epochs": 3}) == ft
 
 
+def test_multinorm_piecewise_imagenet_thirds_of_each_epoch() -> None:
+    s = build_lr_schedule({"kind": "piecewise-imagenet", "lr_max": 0.005})
+    lrs = [s.at(1, i, 9) for i in range(9)]  # (i+1)/9: 1/9..2/9 | 3/9..5/9 | 6/9..1
+    assert lrs[:2] == [0.005] * 2
+    assert lrs[2:5] == pytest.approx([0.0005] * 3)
+    assert lrs[5:] == pytest.approx([0.00005] * 4)
+    assert s.at(2, 0, 9) == 0.005  # the thirds restart with every epoch
+    one_epoch_ft = piecewise_ft(0.005, 1)
+    assert [one_epoch_ft.at(1, i, 9) for i in range(9)] == lrs  # = piecewise-ft when E = 1
+
+
 def test_builder_kinds() -> None:
     assert build_lr_schedule({"kind": "constant", "value": 0.3}).at(9, 0, 1) == 0.3
     f = build_lr_schedule(

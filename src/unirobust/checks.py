@@ -43,6 +43,11 @@ def check_run(config: RunConfig) -> None:
                 OBJECTIVES.build(expert.objective, ObjectiveContext(torch.Generator()))
             except ConfigError as err:
                 raise ConfigError(f"{where}.experts.{i}.objective: {err}") from None
+        if stage.merge.name == "gp" and config.init_from is not None:
+            raise ConfigError(
+                f"{where}.merge: gradient projection is for training from scratch only "
+                "(multinorm.md §4.3); a run with init_from fine-tunes — use merge none"
+            )
         names = tuple(e.name for e in stage.experts)
         try:
             rule = MERGE_RULES.build(

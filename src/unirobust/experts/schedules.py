@@ -23,6 +23,7 @@ Which kind uses which convention:
 - ``constant``: none (the value never changes).
 - ``piecewise_linear``, ``generalist``: the ``granularity`` key, default ``"epoch"``.
 - ``static``, ``piecewise_ft``, ``superconverge``: always ``"iteration"`` (multinorm.md §6).
+- ``piecewise_imagenet``: the fraction ``(iteration + 1) / n_iters`` of the current epoch.
 
 Callers only use ``sched.at(epoch, iteration, n_iters)`` (``Expert.set_lr`` for the lr, ``EmaMix``
 for the mix weights; every object here satisfies ``Expert``'s ``Schedule`` protocol), so the time
@@ -51,6 +52,7 @@ SCHEDULE_KINDS: tuple[str, ...] = (
     "generalist",
     "static",
     "piecewise_ft",
+    "piecewise_imagenet",
     "superconverge",
 )
 
@@ -165,12 +167,38 @@ class PiecewiseFT(TimedSchedule):
         return (self.epochs / 3.0, 2.0 * self.epochs / 3.0)
 
     def __call__(self, t: float) -> float:
-        frac = t / self.epochs
-        if frac < 1.0 / 3.0:
-            return self.lr_max
-        if frac < 2.0 / 3.0:
-            return self.lr_max / 10.0
-        return self.lr_max / 100.0
+        return _thirds(self.lr_max, t / self.epochs)
+
+
+def _thirds(lr_max: float, frac: float) -> float:
+    """``lr_max``, ``/10``, ``/100`` over the thirds of ``frac`` in [0, 1]."""
+    if frac < 1.0 / 3.0:
+        return lr_max
+    if frac < 2.0 / 3.0:
+        return lr_max / 10.0
+    return lr_max / 100.0
+
+
+@dataclass(frozen=True)
+class PiecewiseImagenet(TimedSchedule):
+    """multinorm.md §6 ``piecewise-imagenet``: the thirds of ``(i+1)/n_batches`` of each epoch.
+
+    Its time is the fraction of the current epoch (the ImageNet scripts fine-tune for one epoch,
+    where this equals ``piecewise-ft`` with E = 1); ``__call__`` takes that fraction.
+    """
+
+    lr_max: float
+    granularity: str = "iteration"
+
+    @property
+    def knots(self) -> tuple[float, ...]:
+        return (1.0 / 3.0, 2.0 / 3.0)
+
+    def time(self, epoch: int, iteration: int, n_iters: int) -> float:
+        return (iteration + 1) / n_iters
+
+    def __call__(self, t: float) -> float:
+        return _thirds(self.lr_max, t)
 
 
 @dataclass(frozen=True)
@@ -235,6 +263,7 @@ _KEYS: dict[str, tuple[set[str], set[str]]] = {
     "generalist": ({"values", "epochs"}, {"granularity"}),
     "static": ({"lr_max"}, {"drop_at"}),
     "piecewise_ft": ({"lr_max", "epochs"}, set()),
+    "piecewise_imagenet": ({"lr_max"}, set()),
     "superconverge": ({"lr_max", "epochs"}, set()),
 }
 
@@ -250,6 +279,7 @@ def build_schedule(spec: Mapping[str, Any]) -> TimedSchedule:
     - ``generalist``: 4 ``values`` at ``generalist_knots(epochs)``; optional ``granularity``.
     - ``static``: ``lr_max``; optional ``drop_at`` (default 70).
     - ``piecewise_ft``, ``superconverge``: ``lr_max``, ``epochs``.
+    - ``piecewise_imagenet``: ``lr_max``.
 
     Any problem raises a one-line :class:`ConfigError`.
     """
@@ -314,6 +344,8 @@ def build_schedule(spec: Mapping[str, Any]) -> TimedSchedule:
         return static(spec["lr_max"], spec.get("drop_at", 70.0))
     if kind == "piecewise_ft":
         return piecewise_ft(spec["lr_max"], spec["epochs"])
+    if kind == "piecewise_imagenet":
+        return PiecewiseImagenet(_real(spec["lr_max"], "lr_max"))
     return superconverge(spec["lr_max"], spec["epochs"])
 
 
