@@ -11,7 +11,9 @@ from conftest import generalist_tiny, tiny_recipe
 from unirobust.config import apply_override, load_recipe, parse_override, validate_recipe
 from unirobust.errors import ConfigError
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml"))
+RECIPES = sorted(
+    p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if not p.name.startswith("_")
+)
 
 
 def test_shipped_recipes_validate() -> None:
@@ -19,6 +21,23 @@ def test_shipped_recipes_validate() -> None:
     for path in RECIPES:
         config = load_recipe(path)
         assert config.name == path.stem
+
+
+def test_extends_merges_sections_and_refuses_cycles(tmp_path: Path) -> None:
+    base = tiny_recipe()
+    (tmp_path / "_base.yaml").write_text(yaml.safe_dump(base))
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: _base.yaml\nname: child\ntrain: {epochs: 7}\n")
+    config = load_recipe(child)
+    assert config.name == "child" and config.train.epochs == 7  # merged, not replaced
+    assert config.train.experts[0].name == "natural" and config.data.name == "digits"
+    (tmp_path / "_base.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(child)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_recipe(latin)
 
 
 def test_unknown_key_names_key_closest_and_file(tmp_path: Path) -> None:
