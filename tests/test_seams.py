@@ -331,3 +331,82 @@ def test_non_finite_loss_names_step_and_keeps_last_checkpoint(tmp_path: Path, ch
     state = load_train_state(tmp_path / "r" / "checkpoints" / "train_state.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["experts"]["natural"]["model"].values())
+
+
+# ------------------------------------------------------------------ host syncs, E-AT, compat
+
+
+def _count_host_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"n": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            calls["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_training_reads_the_device_once_per_log_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host reads per epoch do not grow with the number of batches (issue 7 point 11)."""
+    reads = {}
+    for n_train in (256, 512):  # 4 or 8 batches of 64
+        data = tiny_recipe(validation={"threats": []})
+        data["data"]["n_train"] = n_train
+        data["train"].update(epochs=1, log_every=1000)
+        config = validate_recipe(data)
+        with monkeypatch.context() as patch:
+            calls = _count_host_reads(patch)
+            train(config, out=tmp_path / str(n_train), progress=False)
+        reads[n_train] = calls["n"]
+    assert reads[256] == reads[512]
+
+
+DIGIT_THREATS = ["linf:0.1", "l2:1.0", "l1:4"]
+
+
+def test_eat_run_interrupted_mid_epoch_resumes_bit_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unirobust.objectives.eat import Eat
+
+    data = tiny_recipe()
+    data["train"]["epochs"] = 2
+    data["train"]["experts"][0]["objective"] = {"name": "eat", "threats": DIGIT_THREATS, "steps": 2}
+    config = validate_recipe(data)
+    full = train(config, out=tmp_path / "full", progress=False)
+    original = Eat.__call__
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(self, model, x, y):
+        calls["n"] += 1
+        if calls["n"] == 6:  # batch 2 of epoch 2 (4 batches an epoch)
+            raise KeyboardInterrupt
+        return original(self, model, x, y)
+
+    monkeypatch.setattr(Eat, "__call__", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out=tmp_path / "killed", progress=False)
+    monkeypatch.setattr(Eat, "__call__", original)
+    train(config, resume=tmp_path / "killed", progress=False)
+    assert _same(_weights(full), _weights(tmp_path / "killed"))
+    a = load_train_state(full / "checkpoints" / "train_state.pt")["experts"]["natural"]
+    b = load_train_state(tmp_path / "killed" / "checkpoints" / "train_state.pt")["experts"]
+    assert torch.equal(a["objective"]["seen"], b["natural"]["objective"]["seen"])
+    assert int(a["objective"]["seen"].sum()) == 2 * 256  # accumulators never reset
+
+
+@pytest.mark.parametrize("compat", ["default", "official"])
+def test_compat_official_keeps_the_no_decay_group_at_lr_one(tmp_path: Path, compat: str) -> None:
+    """multinorm.md §7 and oracle 11.11: every group's lr is logged."""
+    data = tiny_recipe()
+    data["train"]["compat"] = compat
+    data["train"]["experts"][0]["optimizer"]["no_decay"] = ["bias"]
+    run = train(validate_recipe(data), out=tmp_path / "r", progress=False)
+    for record in _records(run):
+        groups = record["group_lrs"]["natural"]
+        assert groups == ([0.05, 1.0] if compat == "official" else [0.05, 0.05])
