@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,10 @@ from unirobust.evaluation.keys import Summary as S
 from unirobust.io import atomic_write_text
 from unirobust.report.figures import _plot_tradeoff
 from unirobust.report.fmt import (
-    ABSENT,
-    NA,
     UNION_NOTE,
+    _fmt_agg,
     _md_table,
     _num,
-    _pct,
     _robust,
     _show_union,
     _threats,
@@ -37,19 +35,6 @@ def _aggregate(values: Sequence[Any]) -> dict[str, Any]:
         "n": len(vals),
         "values": raw,
     }
-
-
-def _fmt_agg(agg: Mapping[str, Any] | None, n_runs: int) -> str:
-    if agg is None:
-        return ABSENT
-    if agg["mean"] is None:
-        return NA
-    text = _pct(agg["mean"])
-    if agg["std"] is not None:
-        text += f" ± {100 * agg['std']:.2f}"
-    if agg["n"] < n_runs:
-        text += f" (n={agg['n']})"
-    return text
 
 
 def compare_runs(
