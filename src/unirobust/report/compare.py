@@ -22,6 +22,7 @@ from unirobust.report.fmt import (
     _threats,
     _which_points,
 )
+from unirobust.report.html import write_html
 from unirobust.report.runs import load_run
 
 
@@ -44,12 +45,13 @@ def compare_runs(
     checkpoint: str = "last",
     title: str = "",
 ) -> Path:
-    """Aggregate runs over seeds and write ``comparison.md``, ``comparison.json``, ``tradeoff.png``.
+    """Aggregate runs over seeds and write ``comparison.md``/``.html``/``.json``, ``tradeoff.png``.
 
     Runs are grouped by recipe ``name`` (and, so that unlike numbers are never averaged, by suite,
     threats, dataset, split and points). Each group shows mean ± sample std (ddof=1) over its seeds
     of clean, per-threat and union accuracy for ``checkpoint``. Runs without a summary for that
-    checkpoint are listed as skipped. Returns the path of ``comparison.md``.
+    checkpoint are listed as skipped. ``comparison.html`` holds the same content with the figures
+    embedded (opens offline). Returns the path of ``comparison.md``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +129,7 @@ def compare_runs(
     fig_name = _plot_tradeoff(results, out_dir, checkpoint, title)
     path = out_dir / "comparison.md"
     atomic_write_text(path, _render_comparison(results, skipped, checkpoint, title, fig_name))
+    write_html(path)
     return path
 
 
