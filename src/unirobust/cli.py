@@ -191,14 +191,15 @@ def eval_(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """(Re)write a run's markdown report and figures."""
+    """(Re)write a run's report: report.md, report.html (figures embedded) and the figures."""
 
     def action() -> None:
         from unirobust.engine.rundir import RunDir
         from unirobust.report import write_report
 
         RunDir.open_existing(run_dir)
-        out.print(f"report: {write_report(run_dir)}", highlight=False)
+        path = write_report(run_dir)
+        out.print(f"report: {path}\nhtml: {path.with_suffix('.html')}", highlight=False)
 
     _run(action)
 
@@ -208,20 +209,20 @@ def compare(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Run directories (seeds of the same recipe are pooled).")
     ],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where comparison.md/png go.")] = Path(
-        "runs/comparison"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where comparison.md/.html/.json and figures go.")
+    ] = Path("runs/comparison"),
     checkpoint: Annotated[str, typer.Option()] = "last",
     title: Annotated[str, typer.Option()] = "",
 ) -> None:
-    """Compare runs: mean ± std over seeds, and a clean-vs-robust trade-off plot."""
+    """Compare runs: mean ± std over seeds, trade-off plots, multi-norm bars; md and HTML."""
 
     def action() -> None:
         from unirobust.report import compare_runs
 
         path = compare_runs(run_dirs, out_dir, checkpoint=checkpoint, title=title)
         out.print(Path(path).read_text(), highlight=False)
-        out.print(f"comparison: {path}", highlight=False)
+        out.print(f"comparison: {path}\nhtml: {path.with_suffix('.html')}", highlight=False)
 
     _run(action)
 

@@ -6,14 +6,17 @@ read through :mod:`unirobust.evaluation.keys`, the names the evaluation writes t
 
 Modules: :mod:`.runs` (reading a run), :mod:`.tables` (markdown tables and sections),
 :mod:`.figures` (PNG figures), :mod:`.stages` (stages and experts from ``stages.json``),
-:mod:`.compare` (multi-seed comparison), :mod:`.document` (the report itself) and :mod:`.fmt`
-(shared formatting).
+:mod:`.compare` (multi-seed comparison), :mod:`.multinorm` (the comparison's clean / per-norm /
+union section), :mod:`.document` (the report itself), :mod:`.html` (standalone HTML copies) and
+:mod:`.fmt` (shared formatting).
 
 Public API:
 
-- :func:`write_report` -- ``RUN/report/report.md`` plus PNG figures for one run.
-- :func:`compare_runs` -- mean ± std over seeds per recipe, ``comparison.md``/``.json`` and a
-  clean-vs-robust trade-off plot.
+- :func:`write_report` -- ``RUN/report/report.md`` plus PNG figures for one run, and
+  ``report.html`` next to it (same content, figures embedded; opens offline).
+- :func:`compare_runs` -- mean ± std over seeds per recipe, ``comparison.md``/``.html``/``.json``,
+  a clean-vs-robust trade-off plot and, for multi-threat evaluations, a multi-norm table with
+  grouped bars and a clean-vs-union plot.
 - :func:`format_results_table` -- a plain markdown table of evaluation summaries (for the CLI).
 - :func:`load_run` -- the parsed contents of a run directory (:class:`RunRecord`).
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,17 @@ from unirobust.evaluation.keys import Summary as S
 from unirobust.io import atomic_write_text
 from unirobust.report.figures import _plot_tradeoff
 from unirobust.report.fmt import (
-    ABSENT,
-    NA,
     UNION_NOTE,
+    _fmt_agg,
     _md_table,
     _num,
-    _pct,
     _robust,
     _show_union,
     _threats,
     _which_points,
 )
+from unirobust.report.html import write_html
+from unirobust.report.multinorm import multinorm_section, seeds_text
 from unirobust.report.runs import load_run
 
 
@@ -39,19 +39,6 @@ def _aggregate(values: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _fmt_agg(agg: Mapping[str, Any] | None, n_runs: int) -> str:
-    if agg is None:
-        return ABSENT
-    if agg["mean"] is None:
-        return NA
-    text = _pct(agg["mean"])
-    if agg["std"] is not None:
-        text += f" ± {100 * agg['std']:.2f}"
-    if agg["n"] < n_runs:
-        text += f" (n={agg['n']})"
-    return text
-
-
 def compare_runs(
     run_dirs: Sequence[Path],
     out_dir: Path,
@@ -59,12 +46,16 @@ def compare_runs(
     checkpoint: str = "last",
     title: str = "",
 ) -> Path:
-    """Aggregate runs over seeds and write ``comparison.md``, ``comparison.json``, ``tradeoff.png``.
+    """Aggregate runs over seeds; write ``comparison.md``/``.html``/``.json`` and the figures.
 
     Runs are grouped by recipe ``name`` (and, so that unlike numbers are never averaged, by suite,
     threats, dataset, split and points). Each group shows mean ± sample std (ddof=1) over its seeds
     of clean, per-threat and union accuracy for ``checkpoint``. Runs without a summary for that
-    checkpoint are listed as skipped. Returns the path of ``comparison.md``.
+    checkpoint are listed as skipped. Figures: ``tradeoff.png`` (clean vs each threat); for groups
+    evaluated under several threats also a "Multi-norm robustness" section with a table,
+    ``multinorm_bars.png`` (clean / per-norm / union bars per method) and ``clean_vs_union.png``.
+    ``comparison.html`` holds the same content with the figures embedded (opens offline).
+    Returns the path of ``comparison.md``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +90,13 @@ def compare_runs(
         )
         g = groups.setdefault(key, {"method": run.name, "summary": s, "runs": []})
         g["runs"].append(
-            {"run": str(d), "seed": run.config.get("seed"), "summary_path": rec.rel, "s": s}
+            {
+                "run": str(d),
+                "seed": run.config.get("seed"),
+                "summary_path": rec.rel,
+                "union_only": bool(s.get(S.UNION_ONLY)),
+                "s": s,
+            }
         )
 
     results = []
@@ -140,8 +137,11 @@ def compare_runs(
     }
     atomic_write_text(out_dir / "comparison.json", json.dumps(payload, indent=2) + "\n")
     fig_name = _plot_tradeoff(results, out_dir, checkpoint, title)
+    extra = multinorm_section(results, out_dir, checkpoint, title)
     path = out_dir / "comparison.md"
-    atomic_write_text(path, _render_comparison(results, skipped, checkpoint, title, fig_name))
+    text = _render_comparison(results, skipped, checkpoint, title, fig_name, extra)
+    atomic_write_text(path, text)
+    write_html(path)
     return path
 
 
@@ -151,6 +151,7 @@ def _render_comparison(
     checkpoint: str,
     title: str,
     fig_name: str | None,
+    extra: list[str],
 ) -> str:
     lines = [f"# {title or 'Comparison of runs'}", ""]
     lines += [
@@ -170,8 +171,7 @@ def _render_comparison(
         rows = []
         for r in results:
             n = r["n_seeds"]
-            seeds = ", ".join("?" if x is None else str(x) for x in r["seeds"])
-            row = [r["method"], f"{n} ({seeds})", _fmt_agg(r["clean"], n)]
+            row = [r["method"], seeds_text(r), _fmt_agg(r["clean"], n)]
             row += [_fmt_agg(r["robust"].get(spec), n) for spec in columns]
             if any_union:
                 row.append(_fmt_agg(r["union"], n))
@@ -209,6 +209,7 @@ def _render_comparison(
             "has several threats. Axis labels name the threat, suite and number of points."
         )
         lines += [f"![Trade-off]({fig_name})", "", f"*{caption}*", ""]
+    lines += extra
     if skipped:
         lines += ["## Skipped runs", ""]
         lines += [f"- `{s['run']}`: {s['reason']}" for s in skipped]

@@ -14,6 +14,7 @@ from unirobust.report.figures import (
     _plot_validation,
 )
 from unirobust.report.fmt import UNION_NOTE
+from unirobust.report.html import write_html
 from unirobust.report.runs import RunRecord, load_run
 from unirobust.report.tables import (
     _config_section,
@@ -64,12 +65,13 @@ def _render_report(run: RunRecord, figures: list[tuple[str, str]]) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write ``RUN/report/report.md`` and its PNG figures; return the markdown path.
+    """Write ``RUN/report/report.md``, its PNG figures and ``report.html``; return the md path.
 
     Figures: ``training_curves.png``, ``validation.png`` (if validation was logged), and per
     evaluation summary ``eval_<name>.png``, ``reliability_<name>.png`` (if calibration is present)
     and ``corruptions_<name>.png`` (if corruptions are present). Missing pieces are skipped and
-    said so in the markdown.
+    said so in the markdown. ``report.html`` (next to ``report.md``) holds the same content with
+    the figures embedded as base64 PNG data URIs; it needs no other file and opens offline.
     """
     run = load_run(run_dir)
     out = run.run_dir / "report"
@@ -81,4 +83,5 @@ def write_report(run_dir: Path) -> Path:
         figures.append(_plot_corruptions(run, rec, out))
     path = out / "report.md"
     atomic_write_text(path, _render_report(run, [f for f in figures if f is not None]))
+    write_html(path)
     return path

@@ -347,6 +347,49 @@ def _plot_corruptions(run: RunRecord, rec: EvalRecord, out: Path) -> tuple[str, 
     return path.name, caption
 
 
+def _scatter_panel(ax: Any, results: list[dict[str, Any]], spec: str, label: str) -> None:
+    """One clean-vs-robust panel: a point per result (mean, error bars ± one sample std).
+
+    ``spec`` is a threat spec of the results, or ``"union"`` for their union accuracy (drawn only
+    for results with several threats). Results without the number are left out of the panel.
+    """
+    colors = [f"C{i % 10}" for i in range(len(results))]
+    multi_setup = len({r["method"] for r in results}) < len(results)
+    used = []
+    for r, color in zip(results, colors, strict=True):
+        agg = r["union"] if spec == "union" else r["robust"].get(spec)
+        if spec == "union" and len(r["threats"]) < 2:
+            agg = None
+        c = r["clean"]
+        if agg is None or agg["mean"] is None or c["mean"] is None:
+            continue
+        used.append(r)
+        n = r["n_seeds"]
+        lab = f"{r['method']} ({n} seed{'s' if n != 1 else ''})"
+        if multi_setup:
+            lab += f" [{r['suite']}]"
+        ax.errorbar(
+            100 * c["mean"],
+            100 * agg["mean"],
+            xerr=100 * (c["std"] or 0.0),
+            yerr=100 * (agg["std"] or 0.0),
+            fmt="o",
+            capsize=4,
+            color=color,
+            label=lab,
+        )
+    suites = " / ".join(sorted({str(r["suite"]) for r in used})) or "?"
+    npts = " / ".join(sorted({str(r["n_points"]) for r in used})) or "?"
+    points = "; ".join(dict.fromkeys(_which_points(r) for r in used))
+    ax.set_xlabel(f"clean accuracy (%), n={npts} points")
+    ax.set_ylabel(_wrap(f"robust accuracy (%) under {label}\nsuite {suites}, n={npts}", 45))
+    ax.set_title(_wrap(f"{label} — {points}", 60), fontsize=9)
+    ax.margins(0.15)
+    ax.grid(alpha=0.3)
+    if used:
+        ax.legend(fontsize=7)
+
+
 def _plot_tradeoff(
     results: list[dict[str, Any]], out_dir: Path, checkpoint: str, title: str
 ) -> str | None:
@@ -362,42 +405,8 @@ def _plot_tradeoff(
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = _figure(nrows, ncols, (5.2 * ncols, 4.6 * nrows))
     flat = [ax for row in axes for ax in row]
-    colors = [f"C{i % 10}" for i in range(len(results))]
-    multi_setup = len({r["method"] for r in results}) < len(results)
     for ax, (spec, label) in zip(flat, panels.items(), strict=False):
-        used = []
-        for r, color in zip(results, colors, strict=True):
-            agg = r["union"] if spec == "union" else r["robust"].get(spec)
-            if spec == "union" and len(r["threats"]) < 2:
-                agg = None
-            c = r["clean"]
-            if agg is None or agg["mean"] is None or c["mean"] is None:
-                continue
-            used.append(r)
-            n = r["n_seeds"]
-            lab = f"{r['method']} ({n} seed{'s' if n != 1 else ''})"
-            if multi_setup:
-                lab += f" [{r['suite']}]"
-            ax.errorbar(
-                100 * c["mean"],
-                100 * agg["mean"],
-                xerr=100 * (c["std"] or 0.0),
-                yerr=100 * (agg["std"] or 0.0),
-                fmt="o",
-                capsize=4,
-                color=color,
-                label=lab,
-            )
-        suites = " / ".join(sorted({str(r["suite"]) for r in used})) or "?"
-        npts = " / ".join(sorted({str(r["n_points"]) for r in used})) or "?"
-        points = "; ".join(dict.fromkeys(_which_points(r) for r in used))
-        ax.set_xlabel(f"clean accuracy (%), n={npts} points")
-        ax.set_ylabel(_wrap(f"robust accuracy (%) under {label}\nsuite {suites}, n={npts}", 45))
-        ax.set_title(_wrap(f"{label} — {points}", 60), fontsize=9)
-        ax.margins(0.15)
-        ax.grid(alpha=0.3)
-        if used:
-            ax.legend(fontsize=7)
+        _scatter_panel(ax, results, spec, label)
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(

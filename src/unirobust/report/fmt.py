@@ -33,6 +33,20 @@ def _pct(x: Any) -> str:
     return NA if v is None else f"{100.0 * v:.2f}"
 
 
+def _fmt_agg(agg: Mapping[str, Any] | None, n_runs: int) -> str:
+    """``mean ± std`` in % of an aggregate over seeds, ``(n=k)`` when only k of n_runs have it."""
+    if agg is None:
+        return ABSENT
+    if agg["mean"] is None:
+        return NA
+    text = _pct(agg["mean"])
+    if agg["std"] is not None:
+        text += f" ± {100 * agg['std']:.2f}"
+    if agg["n"] < n_runs:
+        text += f" (n={agg['n']})"
+    return text
+
+
 def _pct_or_nan(x: Any) -> float:
     v = _num(x)
     return math.nan if v is None else 100.0 * v
