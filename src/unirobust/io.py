@@ -17,6 +17,9 @@ import numpy as np
 
 __all__ = ["atomic_savez", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files; results get the user's usual mode
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through ``write(tmp_path)`` then rename over ``path``: a kill leaves the old file."""
@@ -29,6 +32,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        tmp.chmod(0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
