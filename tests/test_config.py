@@ -27,9 +27,12 @@ def test_extends_merges_sections_and_refuses_cycles(tmp_path: Path) -> None:
     base = tiny_recipe()
     (tmp_path / "_base.yaml").write_text(yaml.safe_dump(base))
     child = tmp_path / "child.yaml"
-    child.write_text("extends: _base.yaml\nname: child\ntrain: {epochs: 7}\n")
+    child.write_text(
+        "extends: _base.yaml\nname: child\ntrain: {epochs: 7}\nmodel: {options: {}}\n"
+    )
     config = load_recipe(child)
     assert config.name == "child" and config.train.epochs == 7  # merged, not replaced
+    assert config.model.name == "mlp" and config.model.options == {}  # an empty mapping clears
     assert config.train.experts[0].name == "natural" and config.data.name == "digits"
     (tmp_path / "_base.yaml").write_text("extends: child.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):

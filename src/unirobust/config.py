@@ -485,10 +485,11 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> RunConfig:
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``: mappings merge key by key; lists and scalars replace."""
+    """``top`` over ``base``: mappings merge key by key; lists, scalars and an empty mapping
+    (``options: {}``, which clears the base's) replace."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
