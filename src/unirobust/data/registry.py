@@ -98,7 +98,8 @@ def list_datasets() -> list[str]:
 def _entry(name: str) -> Entry[RawData]:
     """The entry of a registered name or alias (unknown: a ConfigError listing the names)."""
     key = str(name).strip().lower().replace("-", "_")
-    return DATASETS.get(_ALIASES.get(key, key))
+    key = _ALIASES.get(key, key)
+    return DATASETS.get(key if key in DATASETS.names() else str(name))  # errors name it as given
 
 
 def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

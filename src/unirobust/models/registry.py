@@ -41,7 +41,7 @@ from unirobust.models.normalize import Normalize, make_normalize
 from unirobust.models.preact_resnet import PreActResNet18
 from unirobust.models.resnet import ResNet18
 from unirobust.models.wide_resnet import WideResNet
-from unirobust.registry import Registry
+from unirobust.registry import Entry, Registry
 from unirobust.schema import Spec
 
 __all__ = [
@@ -127,13 +127,15 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-def _canonical(name: str) -> str:
-    return str(name).strip().lower().replace("-", "_")
+def _entry(name: str) -> Entry[nn.Module]:
+    """A model by name, case and ``-``/``_`` ignored; an unknown one is named as given."""
+    key = str(name).strip().lower().replace("-", "_")
+    return MODELS.get(key if key in MODELS.names() else str(name))
 
 
 def model_options(name: str) -> dict[str, Any]:
     """The options a model accepts (besides num_classes and input_shape), with defaults."""
-    spec = MODELS.get(_canonical(name)).spec
+    spec = _entry(name).spec
     return {k: f.default for k, f in spec.model_fields.items() if k != "name"}
 
 
@@ -154,7 +156,7 @@ def _option_error(error: Mapping[str, Any], spec: type[Spec], model: str) -> Con
 
 def model_spec(name: str, options: Mapping[str, Any]) -> BaseModel:
     """A model's options validated by its spec; a one-line ConfigError names a bad option."""
-    entry = MODELS.get(_canonical(name))
+    entry = _entry(name)
     try:
         return entry.spec.model_validate({"name": entry.name, **options})
     except ValidationError as err:
