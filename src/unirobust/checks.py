@@ -1,8 +1,10 @@
 """Semantic recipe checks that need the registries (run by ``RunConfig`` at load time).
 
-Everything that can be checked without data or models is checked here, so a recipe with an
-unknown model, a bad schedule, an objective whose options contradict each other, or mix weights
-that do not sum to one fails in a second with a one-line message, before any file is written.
+Everything that can be checked without data or models is checked at load time, so a recipe with
+an unknown model or model option, a bad schedule, an objective whose options contradict each
+other, or mix weights that do not sum to one fails in a second with a one-line message, before
+any file is written. Dataset and model names and the model's options are checked by their own
+sections (``config.DataConfig``, ``config.ModelConfig``) against ``DATASETS`` and ``MODELS``.
 Objectives and merge rules are *built* once (they are cheap without a model) so each plug-in's
 own constructor checks apply; nothing is kept.
 """
@@ -23,17 +25,6 @@ if TYPE_CHECKING:
 
 
 def check_run(config: RunConfig) -> None:
-    from unirobust.data import list_datasets
-    from unirobust.models import list_models
-
-    if config.data.name not in list_datasets():
-        raise ConfigError(
-            f"unknown dataset '{config.data.name}' (available: {', '.join(list_datasets())})"
-        )
-    if config.model.name not in list_models():
-        raise ConfigError(
-            f"unknown model '{config.model.name}' (available: {', '.join(list_models())})"
-        )
     stages = config.train.resolved_stages()
     for s, stage in enumerate(stages):
         where = "train" if not config.train.stages else f"train.stages.{s}"

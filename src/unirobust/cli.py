@@ -270,19 +270,17 @@ def recipes(
 ) -> None:
     """List the shipped recipes with their one-line descriptions."""
     if registered:
+        from unirobust.data.registry import DATASETS
         from unirobust.experts.merge import MERGE_RULES
+        from unirobust.models.registry import MODELS
         from unirobust.objectives.base import OBJECTIVES
 
-        for registry in (OBJECTIVES, MERGE_RULES):
+        for registry in (OBJECTIVES, MERGE_RULES, MODELS, DATASETS):
             out.print(f"{registry.kind}s:", highlight=False)
             for entry in registry.entries():
                 keys = ", ".join(k for k in entry.spec.model_fields if k != "name")
-                out.print(f"  {entry.name:14s} {entry.summary} [{keys}]", highlight=False)
-        from unirobust.data import list_datasets
-        from unirobust.models import list_models
-
-        out.print(f"models: {', '.join(list_models())}", highlight=False)
-        out.print(f"datasets: {', '.join(list_datasets())}", highlight=False)
+                line = f"  {entry.name:16s} {entry.summary} [{keys}]"
+                out.print(line, highlight=False, markup=False)
         return
     files = recipe_files()
     if not files:

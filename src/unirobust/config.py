@@ -25,17 +25,21 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from unirobust.attacks.pgd import quarter_step
+from unirobust.data.registry import DATASETS
 from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
+from unirobust.models.registry import MODELS, model_spec
 from unirobust.objectives.base import OBJECTIVES
 from unirobust.objectives.natural import NaturalSpec
 from unirobust.objectives.pgd_at import PgdATSpec
 from unirobust.objectives.trades import TradesSpec
+from unirobust.registry import Registry
 from unirobust.schema import Spec, Strict, Threat, describe_error, plugin_field
 from unirobust.threats import LinfBall, ThreatModel
 
@@ -53,7 +57,18 @@ class AugmentConfig(Strict):
     hflip: bool = False
 
 
+def _registered(registry: Registry[Any], value: str, where: str) -> str:
+    """``value`` if it names a registered plug-in, else a one-line ConfigError listing them."""
+    try:
+        registry.get(value)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return value
+
+
 class DataConfig(Strict):
+    """The dataset (a name in ``unirobust.data.registry.DATASETS``) and how it is split."""
+
     name: str = "fashion_mnist"
     data_dir: str | None = None
     n_train: int | None = Field(None, gt=0)
@@ -62,10 +77,38 @@ class DataConfig(Strict):
     batch_size: int = Field(128, gt=0)
     augment: AugmentConfig = AugmentConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _registered(DATASETS, value, "data.name")
+
 
 class ModelConfig(Strict):
+    """A registered model (``unirobust.models.registry.MODELS``) and its options.
+
+    ``options`` are validated at load time by the model's own spec, so an unknown option or a bad
+    type fails before any data is read; they are kept as written (types coerced), and the model's
+    defaults fill the rest when it is built.
+    """
+
     name: str = "lenet"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _registered(MODELS, value, "model.name")
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return value
+        try:
+            spec = model_spec(info.data["name"], value)
+        except ConfigError as err:
+            raise ConfigError(f"model.options: {err}") from None
+        return spec.model_dump(exclude={"name"}, exclude_unset=True)
 
 
 class OptimizerConfig(Strict):

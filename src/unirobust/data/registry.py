@@ -1,4 +1,11 @@
-"""Dataset registry: in-memory splits with reproducible validation and subset selection.
+"""Dataset registry :data:`DATASETS`: in-memory splits with reproducible validation and subsets.
+
+A dataset is a name mapped to a loader and its spec (a :class:`DatasetSpec`: the dataset's own
+options, if any, such as ``imagefolder``'s ``image_size``, and what is known without reading it:
+class count, input shape, mean/std). A loader ``(spec, data_dir) -> RawData`` returns the whole
+train and test files; :func:`load_dataset` does the rest the same way for every dataset. The
+built-in datasets live in :mod:`unirobust.data.sources`; a new one is one module with a spec and
+``@DATASETS.register("name", Spec)`` on its loader.
 
 Conventions
 -----------
@@ -13,78 +20,104 @@ Conventions
 - ``n_train`` picks that many of the remaining training points with the same rule (and an
   independent stream of the same seed). ``n_test`` keeps the *first* ``n_test`` test points.
 - Selected rows keep their original (ascending) order.
-- ``digits`` (scikit-learn 8x8 digits, values 0..16 scaled by 1/16) has no official split: its
-  1797 images are split once, stratified, into 1437 train / 360 test with a fixed seed 0 (the
-  ``seed`` argument does not move it). Its ``indices`` are positions within those canonical splits.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from unirobust.data.split import DatasetBundle, Split
 from unirobust.errors import ConfigError
+from unirobust.registry import Entry, Registry
+from unirobust.schema import Spec, describe_error
 from unirobust.seeding import derive_seed
 
 __all__ = [
+    "DATASETS",
     "DatasetBundle",
+    "DatasetSpec",
+    "RawData",
     "Split",
+    "dataset_shape",
     "list_datasets",
     "load_dataset",
     "normalization_stats",
     "stratified_pick",
 ]
 
+
+class DatasetSpec(Spec):
+    """Base of a dataset's spec: its own options as fields, and (class variables) what is known
+    without reading it: ``shape`` ``(num_classes, (C, H, W))`` and ``stats`` (per-channel mean and
+    std of the training images in [0, 1], for a ``Normalize`` layer); ``None`` when unknown."""
+
+    shape: ClassVar[tuple[int, tuple[int, int, int]] | None] = None
+    stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
+
+
+@dataclass(frozen=True)
+class RawData:
+    """A dataset's two files as its loader reads them: ``(N, C, H, W)`` images (numpy arrays or
+    CPU tensors of any numeric type; divided by ``scale`` they lie in [0, 1]), integer labels
+    ``0..len(class_names)-1`` and the class names."""
+
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    class_names: list[str]
+    scale: float = 255.0
+
+
+DATASETS: Registry[RawData] = Registry("dataset", modules=("unirobust.data.sources",))
+"""Every dataset by name; a loader is ``(spec, data_dir: str | None) -> RawData``."""
+
 _ALIASES = {
-    "fashion_mnist": "fashion_mnist",
     "fmnist": "fashion_mnist",
     "fashionmnist": "fashion_mnist",
-    "digits": "digits",
-    "cifar10": "cifar10",
     "cifar_10": "cifar10",
-    "cifar100": "cifar100",
     "cifar_100": "cifar100",
-    "imagefolder": "imagefolder",
     "image_folder": "imagefolder",
 }
-
-# Per-channel mean / std of the training images in [0, 1] (for ``Normalize`` inside a model).
-_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "digits": ((0.3053,), (0.3760,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-
-_DIGITS_N_TEST = 360
 _SALT_VAL, _SALT_TRAIN = 1, 2
 
 
 def list_datasets() -> list[str]:
-    """Canonical dataset names accepted by :func:`load_dataset` (aliases such as fmnist too)."""
-    return sorted(set(_ALIASES.values()))
+    """Registered dataset names accepted by :func:`load_dataset` (aliases such as fmnist too)."""
+    return DATASETS.names()
 
 
-def _canonical(name: str) -> str:
+def _entry(name: str) -> Entry[RawData]:
+    """The entry of a registered name or alias (unknown: a ConfigError listing the names)."""
     key = str(name).strip().lower().replace("-", "_")
-    if key not in _ALIASES:
-        raise ConfigError(
-            f"unknown dataset {name!r}; available: {', '.join(list_datasets())} (alias: fmnist)"
-        )
-    return _ALIASES[key]
+    key = _ALIASES.get(key, key)
+    return DATASETS.get(key if key in DATASETS.names() else str(name))  # errors name it as given
 
 
 def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Training-set per-channel ``(mean, std)`` for a known dataset, for ``normalize=True``."""
-    canon = _canonical(name)
-    if canon not in _STATS:
-        raise ConfigError(f"no built-in mean/std for {canon!r}; known: {', '.join(sorted(_STATS))}")
-    return _STATS[canon]
+    spec = _entry(name).spec
+    if getattr(spec, "stats", None) is None:
+        known = [e.name for e in DATASETS.entries() if getattr(e.spec, "stats", None)]
+        raise ConfigError(f"no built-in mean/std for '{name}'; known: {', '.join(known)}")
+    return spec.stats  # type: ignore[attr-defined]
+
+
+def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, input shape) of a dataset without reading it (for imported weights)."""
+    spec = _entry(name).spec
+    if getattr(spec, "shape", None) is None:
+        fixed = [e.name for e in DATASETS.entries() if getattr(e.spec, "shape", None)]
+        raise ConfigError(f"dataset '{name}' has no fixed shape; choose one of {', '.join(fixed)}")
+    return spec.shape  # type: ignore[attr-defined]
 
 
 def _allocate(class_counts: Tensor, k: int) -> Tensor:
@@ -128,45 +161,6 @@ def _check_count(what: str, value: int | None, low: int, high: int) -> None:
         raise ConfigError(f"{what}={value!r} is out of range; allowed: integers {low}..{high}")
 
 
-def _raw(
-    name: str, data_dir: str | None, image_size: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], float]:
-    """Return uint8 NCHW train/test arrays, int64 labels, class names and the pixel scale."""
-    if image_size is not None and name != "imagefolder":
-        raise ConfigError(f"image_size applies to imagefolder only, not {name!r}")
-    if name == "fashion_mnist":
-        from unirobust.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
-
-        xtr, ytr, xte, yte = load_fashion_mnist(data_dir)
-        return xtr[:, None], ytr, xte[:, None], yte, list(FASHION_MNIST_CLASSES), 255.0
-    if name == "digits":
-        return (*_digits(), 16.0)
-    if name in ("cifar10", "cifar100"):
-        from unirobust.data.cifar import load_cifar10, load_cifar100
-
-        loader = load_cifar10 if name == "cifar10" else load_cifar100
-        return (*loader(data_dir), 255.0)
-    from unirobust.data.imagefolder import load_imagefolder
-
-    return (*load_imagefolder(data_dir, image_size=image_size or 64), 255.0)
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.rint(bunch.images).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
-    labels = bunch.target.astype(np.int64)
-    test_mask = stratified_pick(torch.from_numpy(labels), _DIGITS_N_TEST, 0, 10).numpy()
-    return (
-        images[~test_mask],
-        labels[~test_mask],
-        images[test_mask],
-        labels[test_mask],
-        [str(d) for d in range(10)],
-    )
-
-
 def _make_split(
     x: np.ndarray, y: np.ndarray, rows: np.ndarray, scale: float, device: torch.device
 ) -> Split:
@@ -174,6 +168,24 @@ def _make_split(
     xt = xt.to(torch.float32).div_(scale)
     yt = torch.from_numpy(y[rows]).to(device)
     return Split(xt, yt, torch.from_numpy(rows.astype(np.int64)).to(device))
+
+
+def _read(entry: Entry[RawData], data_dir: str | None, options: dict[str, Any]) -> RawData:
+    """Validate a dataset's own options with its spec and run its loader."""
+    try:
+        spec = entry.spec.model_validate({"name": entry.name, **options})
+    except ValidationError as err:
+        raise ConfigError(
+            describe_error(err.errors()[0], entry.spec, f"dataset '{entry.name}'")
+        ) from None
+    raw = entry.builder(spec, data_dir)
+    for part, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
+        if np.ndim(x) != 4 or len(x) != len(y):
+            raise ConfigError(
+                f"dataset '{entry.name}': {part} images must be (N, C, H, W) with one label each, "
+                f"got shape {tuple(np.shape(x))} and {len(y)} labels"
+            )
+    return raw
 
 
 def load_dataset(
@@ -185,20 +197,27 @@ def load_dataset(
     val_size: int = 1000,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    image_size: int | None = None,
+    **options: Any,
 ) -> DatasetBundle:
-    """Load a dataset into memory as float [0, 1] tensors on ``device``.
+    """Load a registered dataset into memory as float [0, 1] tensors on ``device``.
 
-    Names: ``fashion_mnist`` (alias ``fmnist``; default dir: the Debian dataset-fashion-mnist
-    package), ``digits``, ``cifar10``, ``cifar100`` (``data_dir`` contains
+    Names (:func:`list_datasets`): ``fashion_mnist`` (alias ``fmnist``; default dir: the Debian
+    dataset-fashion-mnist package), ``digits``, ``cifar10``, ``cifar100`` (``data_dir`` contains
     ``cifar-10-batches-py/`` / ``cifar-100-python/`` or is that folder), ``imagefolder``
-    (``data_dir`` with ``train/`` and ``val/`` class folders, resized to ``image_size``, default 64;
-    needs torchvision; ``val/`` becomes the test split). See the module docstring for how the
-    validation split, ``n_train`` and ``n_test`` are chosen.
+    (``data_dir`` with ``train/`` and ``val/`` class folders, resized to the option
+    ``image_size``, default 64; needs torchvision; ``val/`` becomes the test split), and any
+    dataset registered in :data:`DATASETS`. ``options`` are the dataset's own options, validated
+    by its spec. See the module docstring for how the validation split, ``n_train`` and
+    ``n_test`` are chosen.
     """
-    canon = _canonical(name)
     ddir = None if data_dir is None else str(Path(data_dir).expanduser())
-    xtr, ytr, xte, yte, class_names, scale = _raw(canon, ddir, image_size)
+    entry = _entry(name)
+    canon = entry.name
+    raw = _read(entry, ddir, options)
+    xtr, xte = np.asarray(raw.x_train), np.asarray(raw.x_test)
+    ytr = np.asarray(raw.y_train, dtype=np.int64)
+    yte = np.asarray(raw.y_test, dtype=np.int64)
+    class_names, scale = list(raw.class_names), float(raw.scale)
     num_classes = len(class_names)
     if ytr.size and int(max(ytr.max(), yte.max())) >= num_classes:
         raise ConfigError(f"{canon}: labels exceed the {num_classes} class names found")
@@ -234,21 +253,3 @@ def load_dataset(
         input_shape=(int(c), int(h), int(w)),
         class_names=list(class_names),
     )
-
-
-_SHAPES: dict[str, tuple[int, tuple[int, int, int]]] = {
-    "fashion_mnist": (10, (1, 28, 28)),
-    "digits": (10, (1, 8, 8)),
-    "cifar10": (10, (3, 32, 32)),
-    "cifar100": (100, (3, 32, 32)),
-}
-
-
-def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
-    """(number of classes, input shape) of a dataset without reading it (for imported weights)."""
-    canonical = _canonical(name)
-    if canonical not in _SHAPES:
-        raise ConfigError(
-            f"dataset '{name}' has no fixed shape; choose one of {', '.join(sorted(_SHAPES))}"
-        )
-    return _SHAPES[canonical]

@@ -1,64 +1,166 @@
-"""Model registry: ``build_model(name, num_classes=..., input_shape=..., **options)``.
+"""Model registry :data:`MODELS`: a name maps to a builder and the pydantic spec of its options.
 
-Every model takes images in [0, 1]. Options common to all models: ``normalize`` (bool, default
-False) with ``mean``/``std`` (one value or one per channel; ignored unless ``normalize`` is true),
-which puts a :class:`~unirobust.models.normalize.Normalize` layer first inside the model.
+``build_model(name, num_classes=..., input_shape=..., **options)`` validates ``options`` with the
+model's spec (:func:`model_spec`: an unknown option or a bad type is a one-line ``ConfigError``
+naming the option, the closest valid one and all of the model's options), then calls the builder
+``builder(spec, num_classes, input_shape) -> nn.Module``. The recipe's ``model:`` section is
+validated with the same spec at load time (``config.ModelConfig``).
+
+Every model takes images in [0, 1]. Options common to all models (:class:`ModelSpec`):
+``normalize`` (bool, default False) with ``mean``/``std`` (one value or one per channel; ignored
+unless ``normalize`` is true), which puts a :class:`~unirobust.models.normalize.Normalize` layer
+first inside the model.
+
+A new model is one module with its class and one call ``register_model("name", Class, "summary")``.
+Its spec is *derived* from the constructor: each keyword-only parameter other than
+``num_classes``, ``input_shape`` and ``normalize`` becomes a field with the parameter's annotation
+and default (``pydantic.create_model`` over ``inspect.signature(..., eval_str=True)``). Derived
+rather than written out because the constructor already states every option's type and default
+exactly once; a second, hand-written class would repeat them and could drift. Options fixed by
+the name (``wrn_28_10``: depth 28, widen 10) are left out of its spec, so setting one is an unknown
+option. A model whose options need more than a type and a default (a range, a choice), or that is
+not built by a class, registers its own :class:`ModelSpec` subclass and builder with
+``@MODELS.register(name, Spec)``.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ValidationError, create_model
 from torch import nn
 
 from unirobust.errors import ConfigError
 from unirobust.models.lenet import LeNet
 from unirobust.models.mlp import MLP
-from unirobust.models.normalize import ImageClassifier, make_normalize
+from unirobust.models.normalize import Normalize, make_normalize
 from unirobust.models.preact_resnet import PreActResNet18
 from unirobust.models.resnet import ResNet18
 from unirobust.models.wide_resnet import WideResNet
+from unirobust.registry import Entry, Registry
+from unirobust.schema import Spec
 
-__all__ = ["build_model", "list_models", "model_options"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "list_models",
+    "model_options",
+    "model_spec",
+    "register_model",
+]
 
-# name -> (class, options fixed by the name)
-_REGISTRY: dict[str, tuple[type[ImageClassifier], dict[str, Any]]] = {
-    "lenet": (LeNet, {}),
-    "mlp": (MLP, {}),
-    "preact_resnet18": (PreActResNet18, {}),
-    "resnet18": (ResNet18, {}),
-    "wide_resnet": (WideResNet, {}),
-    "wrn_28_10": (WideResNet, {"depth": 28, "widen": 10}),
-    "wrn_34_10": (WideResNet, {"depth": 34, "widen": 10}),
-}
-_COMMON = ("normalize", "mean", "std")
-_STRUCTURAL = {"num_classes", "input_shape", "normalize", "self"}
+
+class ModelSpec(Spec):
+    """Options every model takes: an input ``Normalize`` layer when ``normalize`` is true."""
+
+    normalize: bool = False
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
+
+    def normalize_layer(self, channels: int) -> Normalize | None:
+        """The optional first layer (``None`` when ``normalize`` is false)."""
+        return make_normalize(self.normalize, self.mean, self.std, channels)
+
+
+MODELS: Registry[nn.Module] = Registry("model")
+"""Every model by name; a builder is ``(spec, num_classes, input_shape) -> nn.Module``."""
+
+_STRUCTURAL = ("num_classes", "input_shape", "normalize")
+
+
+def derive_spec(name: str, cls: type[nn.Module], fixed: Mapping[str, Any]) -> type[ModelSpec]:
+    """The spec of ``cls``'s keyword-only options (annotation and default each), minus ``fixed``."""
+    params = inspect.signature(cls.__init__, eval_str=True).parameters
+    fields: dict[str, Any] = {
+        key: (
+            Any if p.annotation is p.empty else p.annotation,
+            ... if p.default is p.empty else p.default,
+        )
+        for key, p in params.items()
+        if p.kind is p.KEYWORD_ONLY and key not in _STRUCTURAL and key not in fixed
+    }
+    title = "".join(part.title() for part in name.split("_"))
+    return create_model(
+        f"{title}Spec",
+        __base__=ModelSpec,
+        __module__=cls.__module__,
+        name=(Literal[name], name),  # type: ignore[valid-type]
+        **fields,
+    )
+
+
+def register_model(name: str, cls: type[nn.Module], summary: str, **fixed: Any) -> type[ModelSpec]:
+    """Register ``cls`` under ``name`` with a spec derived from its constructor; ``fixed`` options
+    are set by the name and cannot be given. Returns the spec class."""
+    spec_cls = derive_spec(name, cls, fixed)
+    own = [k for k in spec_cls.model_fields if k not in ModelSpec.model_fields]
+
+    def build(spec: ModelSpec, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+        options = {k: getattr(spec, k) for k in own}
+        norm = spec.normalize_layer(input_shape[0])
+        return cls(
+            num_classes=num_classes, input_shape=input_shape, normalize=norm, **fixed, **options
+        )
+
+    build.__doc__ = summary
+    MODELS.register(name, spec_cls)(build)
+    return spec_cls
+
+
+register_model(
+    "lenet", LeNet, "LeNet-style CNN: two 5x5 convolutions (optional BatchNorm), one hidden layer"
+)
+register_model("mlp", MLP, "Fully connected network on the flattened image")
+register_model("preact_resnet18", PreActResNet18, "Pre-activation ResNet-18 (E-AT / RAMP)")
+register_model("resnet18", ResNet18, "ResNet-18 (CIFAR variant: 3x3 stem, no max-pool)")
+register_model("wide_resnet", WideResNet, "WideResNet-depth-widen (depth 6n+4)")
+register_model("wrn_28_10", WideResNet, "WideResNet-28-10", depth=28, widen=10)
+register_model("wrn_34_10", WideResNet, "WideResNet-34-10", depth=34, widen=10)
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
-def _canonical(name: str) -> str:
+def _entry(name: str) -> Entry[nn.Module]:
+    """A model by name, case and ``-``/``_`` ignored; an unknown one is named as given."""
     key = str(name).strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return key
+    return MODELS.get(key if key in MODELS.names() else str(name))
 
 
 def model_options(name: str) -> dict[str, Any]:
     """The options a model accepts (besides num_classes and input_shape), with defaults."""
-    cls, fixed = _REGISTRY[_canonical(name)]
-    params = inspect.signature(cls.__init__).parameters
-    opts = {
-        k: p.default
-        for k, p in params.items()
-        if k not in _STRUCTURAL and k not in fixed and p.kind is p.KEYWORD_ONLY
-    }
-    return {"normalize": False, "mean": None, "std": None, **opts}
+    spec = _entry(name).spec
+    return {k: f.default for k, f in spec.model_fields.items() if k != "name"}
+
+
+def _option_error(error: Mapping[str, Any], spec: type[Spec], model: str) -> ConfigError:
+    key = ".".join(str(part) for part in error["loc"]) or "<options>"
+    valid = sorted(k for k in spec.model_fields if k != "name")
+    listed = f"(valid options: {', '.join(valid) or 'none'})"
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(f"unknown option '{key}' for model '{model}'{hint} {listed}")
+    msg = error["msg"].removeprefix("Value error, ")
+    return ConfigError(
+        f"bad value for option '{key}' of model '{model}': got {error.get('input')!r}; {msg} "
+        f"{listed}"
+    )
+
+
+def model_spec(name: str, options: Mapping[str, Any]) -> BaseModel:
+    """A model's options validated by its spec; a one-line ConfigError names a bad option."""
+    entry = _entry(name)
+    try:
+        return entry.spec.model_validate({"name": entry.name, **options})
+    except ValidationError as err:
+        raise _option_error(err.errors()[0], entry.spec, entry.name) from None
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -75,25 +177,13 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def build_model(
-    name: str, *, num_classes: int, input_shape: tuple[int, int, int], **kwargs: Any
+    name: str, *, num_classes: int, input_shape: tuple[int, int, int], **options: Any
 ) -> nn.Module:
-    """Build a registry model. Unknown names or options raise ConfigError naming them."""
-    key = _canonical(name)
-    cls, fixed = _REGISTRY[key]
-    allowed = model_options(key)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for model {key!r}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
+    """Build a registered model. Unknown names or options raise ConfigError naming them."""
+    spec = model_spec(name, options)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
-    shape = _check_input_shape(input_shape)
-    norm = make_normalize(
-        kwargs.pop("normalize", False), kwargs.pop("mean", None), kwargs.pop("std", None), shape[0]
-    )
-    return cls(num_classes=num_classes, input_shape=shape, normalize=norm, **fixed, **kwargs)
+    return MODELS.build(spec, num_classes, _check_input_shape(input_shape))
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,0 +1,102 @@
+"""The built-in datasets, each a spec and a loader registered in :data:`DATASETS`.
+
+A loader returns the dataset's whole train and test files as :class:`RawData`;
+:func:`~unirobust.data.registry.load_dataset` picks validation, ``n_train`` and ``n_test`` the same
+way for every dataset. File readers are imported inside the loaders, so registering costs nothing.
+
+``digits`` (scikit-learn 8x8 digits, values 0..16 scaled by 1/16) has no official split: its
+1797 images are split once, stratified, into 1437 train / 360 test with a fixed seed 0 (the
+``seed`` of ``load_dataset`` does not move it). Its ``indices`` are positions within those
+canonical splits.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from unirobust.data.registry import DATASETS, DatasetSpec, RawData, stratified_pick
+
+__all__ = ["Cifar10Spec", "Cifar100Spec", "DigitsSpec", "FashionMnistSpec", "ImageFolderSpec"]
+
+_DIGITS_N_TEST = 360
+
+
+class FashionMnistSpec(DatasetSpec):
+    name: Literal["fashion_mnist"] = "fashion_mnist"
+    shape = (10, (1, 28, 28))
+    stats = ((0.2860,), (0.3530,))
+
+
+class DigitsSpec(DatasetSpec):
+    name: Literal["digits"] = "digits"
+    shape = (10, (1, 8, 8))
+    stats = ((0.3053,), (0.3760,))
+
+
+class Cifar10Spec(DatasetSpec):
+    name: Literal["cifar10"] = "cifar10"
+    shape = (10, (3, 32, 32))
+    stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+class Cifar100Spec(DatasetSpec):
+    name: Literal["cifar100"] = "cifar100"
+    shape = (100, (3, 32, 32))
+    stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+class ImageFolderSpec(DatasetSpec):
+    """Images resized to ``image_size`` (shorter side, then centre crop): no fixed shape."""
+
+    name: Literal["imagefolder"] = "imagefolder"
+    image_size: int = Field(64, ge=8)
+
+
+@DATASETS.register("fashion_mnist", FashionMnistSpec)
+def fashion_mnist(spec: FashionMnistSpec, data_dir: str | None) -> RawData:
+    """Fashion-MNIST: 60000/10000 grey 28x28 images, 10 classes (IDX files)."""
+    from unirobust.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+    xtr, ytr, xte, yte = load_fashion_mnist(data_dir)
+    return RawData(xtr[:, None], ytr, xte[:, None], yte, list(FASHION_MNIST_CLASSES))
+
+
+@DATASETS.register("digits", DigitsSpec)
+def digits(spec: DigitsSpec, data_dir: str | None) -> RawData:
+    """scikit-learn digits: 1437/360 grey 8x8 images, 10 classes (fixed stratified split)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
+    labels = bunch.target.astype(np.int64)
+    test = stratified_pick(torch.from_numpy(labels), _DIGITS_N_TEST, 0, 10).numpy()
+    names = [str(d) for d in range(10)]
+    return RawData(images[~test], labels[~test], images[test], labels[test], names, 16.0)
+
+
+@DATASETS.register("cifar10", Cifar10Spec)
+def cifar10(spec: Cifar10Spec, data_dir: str | None) -> RawData:
+    """CIFAR-10: 50000/10000 colour 32x32 images, 10 classes (python pickles)."""
+    from unirobust.data.cifar import load_cifar10
+
+    return RawData(*load_cifar10(data_dir))
+
+
+@DATASETS.register("cifar100", Cifar100Spec)
+def cifar100(spec: Cifar100Spec, data_dir: str | None) -> RawData:
+    """CIFAR-100: 50000/10000 colour 32x32 images, 100 fine classes (python pickles)."""
+    from unirobust.data.cifar import load_cifar100
+
+    return RawData(*load_cifar100(data_dir))
+
+
+@DATASETS.register("imagefolder", ImageFolderSpec)
+def imagefolder(spec: ImageFolderSpec, data_dir: str | None) -> RawData:
+    """train/ and val/ folders of class folders (needs torchvision); val/ is the test split."""
+    from unirobust.data.imagefolder import load_imagefolder
+
+    return RawData(*load_imagefolder(data_dir, image_size=spec.image_size))
