@@ -1,11 +1,16 @@
-"""Reproduction benchmark: Generalist vs PGD-AT vs TRADES on the Fashion-MNIST proxy (issue 4).
+"""Reproduction benchmark: proxy recipes x seeds through the real CLI, pooled by ``compare``.
 
-Runs each proxy recipe with several seeds through the real CLI (train, then the recipe's final
-AutoAttack evaluation on the first 1000 test points), ``--jobs`` at a time with one thread each,
-and pools the seeds with ``unirobust compare``. Run directories are ``runs/proxy/<recipe>-s<seed>``;
-a finished run (it has an evaluation summary) is skipped, a killed one is resumed.
+Runs each proxy recipe with several seeds (train, then the recipe's own final AutoAttack
+evaluation), ``--jobs`` at a time with one thread each, and pools the seeds with
+``unirobust compare`` for each ``--checkpoints`` entry. Run directories are
+``<out>/<recipe>-s<seed>``; a finished run (it has an evaluation summary) is skipped, a killed one
+is resumed.
 
-Run: ``.venv/bin/python benchmarks/proxy_comparison.py --seeds 0 1 2 --jobs 2``.
+Generalist vs PGD-AT vs TRADES (issue 4):
+``.venv/bin/python benchmarks/proxy_comparison.py --seeds 0 1 2 --jobs 2``.
+Multi-norm methods (issue 8):
+``.venv/bin/python benchmarks/proxy_comparison.py --recipes fmnist-sat fmnist-avg fmnist-max
+fmnist-msd fmnist-eat fmnist-ramp --checkpoints last --out runs/proxy-multinorm``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "proxy")
     parser.add_argument("--set", dest="extra", action="append", default=[])
+    parser.add_argument("--checkpoints", nargs="+", default=["best", "last"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(r, s) for s in args.seeds for r in args.recipes]
@@ -58,7 +64,7 @@ def main() -> None:
             run_dir, seconds, code = future.result()
             print(f"{run_dir}: exit {code}, {seconds:.0f} s", flush=True)
     runs = [str(args.out / f"{r}-s{s}") for r, s in jobs]
-    for checkpoint in ("best", "last"):
+    for checkpoint in args.checkpoints:
         subprocess.run(
             [
                 *CLI,
