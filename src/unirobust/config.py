@@ -34,6 +34,7 @@ from unirobust.attacks.pgd import quarter_step
 from unirobust.data.registry import DATASETS
 from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
+from unirobust.finetune.head import HeadInit
 from unirobust.models.registry import MODELS, model_spec
 from unirobust.objectives.base import OBJECTIVES
 from unirobust.objectives.natural import NaturalSpec
@@ -229,7 +230,12 @@ def _check_trainable(value: str) -> str:
 
 
 class StageFields(Strict):
-    """What a stage sets (shared by :class:`StageConfig` and the one-stage short form)."""
+    """What a stage sets (shared by :class:`StageConfig` and the one-stage short form).
+
+    ``head_init`` sets the classifier head when the stage starts (keep, random, the ``logreg``
+    linear probe, rescaling: ``finetune.head``); ``batch_size`` overrides ``data.batch_size``
+    for this stage (LP-FT's stages use different batch sizes, lpft.md §1.3-§1.4).
+    """
 
     epochs: int = Field(10, ge=1)
     experts: list[ExpertConfig] = Field(default_factory=list)
@@ -237,6 +243,8 @@ class StageFields(Strict):
     merge: MergeField = NoMergeSpec()
     trainable: str = "all"
     bn_mode: Literal["train", "frozen"] = "train"
+    head_init: HeadInit = HeadInit()
+    batch_size: int | None = Field(None, gt=0)
 
     @field_validator("trainable")
     @classmethod

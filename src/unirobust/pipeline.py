@@ -7,6 +7,7 @@ split (the only place the test set is touched) and writes per-sample results and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from unirobust.engine.rundir import RunDir
 from unirobust.engine.trainer import Trainer
 from unirobust.errors import ConfigError
 from unirobust.evaluation.keys import Summary
+from unirobust.finetune.head import apply_head_init
 from unirobust.io import atomic_write_text
 
 
@@ -116,10 +118,27 @@ def train(
             ctx.barrier()
             run = RunDir(root)
 
-        def stage_builder(index: int, model: torch.nn.Module):
-            return build_stage(
+        aug = config.data.augment
+
+        def loader_for(batch_size: int) -> BatchLoader:
+            loader = BatchLoader(
+                bundle.train,
+                batch_size,
+                shuffle=True,
+                seed=config.seed,
+                augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip),
+                device=device,
+            )
+            return loader.shard(ctx.replica, ctx.replicas) if ctx.enabled else loader
+
+        def stage_builder(index: int, model: torch.nn.Module, fresh: bool):
+            stage = stages[index]
+            if fresh and not stage.head_init.is_noop:
+                model = copy.deepcopy(model)
+                apply_head_init(model, stage.head_init, bundle.train.x, bundle.train.y, config.seed)
+            built = build_stage(
                 config,
-                stages[index],
+                stage,
                 index,
                 model,
                 device,
@@ -127,18 +146,8 @@ def train(
                 ctx.grad_sync(),
                 ctx.mix_all_reduce(),
             )
+            return built, loader_for(stage.batch_size or config.data.batch_size)
 
-        aug = config.data.augment
-        loader = BatchLoader(
-            bundle.train,
-            config.data.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            augment=Augment(crop_padding=aug.crop_padding, hflip=aug.hflip),
-            device=device,
-        )
-        if ctx.enabled:
-            loader = loader.shard(ctx.replica, ctx.replicas)
         val_data = None
         if bundle.val is not None and len(bundle.val) > 0:
             n = config.validation.n or len(bundle.val)
@@ -152,7 +161,7 @@ def train(
             "run": config.name,
         }
         trainer = Trainer(
-            config, run, stage_builder, initial, loader, val_data, meta, ctx, progress=progress
+            config, run, stage_builder, initial, val_data, meta, ctx, progress=progress
         )
         if resume is not None:
             trainer.resume()

@@ -66,8 +66,10 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-StageBuilder = Callable[[int, nn.Module], Built]
-"""``(stage index, initial model) -> Built``: the pipeline's closure over config and device."""
+StageBuilder = Callable[[int, nn.Module, bool], tuple[Built, Any]]
+"""``(stage index, initial model, fresh) -> (Built, loader)``: the pipeline's closure over config,
+data and device. ``fresh`` is False when the stage is rebuilt only to load a train state into it,
+so one-off work at a stage start (a logreg head fit) is skipped."""
 
 
 class Trainer:
@@ -79,7 +81,6 @@ class Trainer:
         run: RunDir,
         build_stage: StageBuilder,
         initial_model: nn.Module,
-        loader: Any,
         val_data: tuple[torch.Tensor, torch.Tensor] | None,
         model_meta: dict[str, Any],
         ctx: DistContext | None = None,
@@ -89,14 +90,15 @@ class Trainer:
         self.run = run
         self.stages = config.train.resolved_stages()
         self.build_stage = build_stage
-        self.loader = loader
+        self.initial_model = initial_model
         self.val_data = val_data
         self.model_meta = model_meta
         self.ctx = ctx or DistContext(local_experts=list(range(len(self.stages[0].experts))))
         self.progress = progress and self.ctx.is_main
         self.state = TrainerState()
-        self.stage_index = 0
-        self.built = build_stage(0, initial_model)
+        self.stage_index = -1
+        self.built: Built | None = None
+        self.loader: Any = None
 
     # ----------------------------------------------------------------------------- stages
     @property
@@ -112,9 +114,10 @@ class Trainer:
             start += stage.epochs
         raise ValueError(f"epoch {epoch} is past the run's {self.total_epochs} epochs")
 
-    def _enter_stage(self, index: int) -> None:
-        """Build stage ``index`` from the current global model (a stage boundary)."""
-        self.built = self.build_stage(index, self.built.merge.global_model())
+    def _enter_stage(self, index: int, fresh: bool = True) -> None:
+        """Build stage ``index`` from the current global model (the initial one for the first)."""
+        start = self.initial_model if self.built is None else self.built.merge.global_model()
+        self.built, self.loader = self.build_stage(index, start, fresh)
         self.stage_index = index
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -152,8 +155,7 @@ class Trainer:
         stage = int(state.get("stage", 0))
         if not 0 <= stage < len(self.stages):
             raise CheckpointError(f"'{path}' is at stage {stage}; this run has {len(self.stages)}")
-        if stage != self.stage_index:
-            self._enter_stage(stage)
+        self._enter_stage(stage, fresh=False)
         names = [e.name for e in self.built.experts]
         if state.get("expert_names") != names or state.get("world_size") != self.ctx.world_size:
             raise CheckpointError(

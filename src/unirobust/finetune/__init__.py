@@ -1,0 +1,1 @@
+"""Fine-tuning: the classifier head at stage start (LP logreg, random init, rescaling)."""
