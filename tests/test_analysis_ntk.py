@@ -105,7 +105,16 @@ def test_test_rows_and_blocked_jacobians(mode: str) -> None:
     # the mirrored symmetric blocks; tiny param chunks split the backbone
     model = _lenet()
     x = _x(6, 8, seed=3)
-    f = kernel_f(model, x, 4, mode=mode, max_jacobian_bytes=1, param_chunk=50)
+    f = kernel_f(
+        model,
+        x,
+        4,
+        mode=mode,
+        max_jacobian_bytes=1,
+        param_chunk=50,
+        sample_chunk=3,
+        tangent_chunk=2,
+    )
     torch.testing.assert_close(f, _naive_f(model, x, x[:4]), rtol=0, atol=1e-10)
     separate = kernel_f(model, x[4:], x[:4], mode=mode)
     torch.testing.assert_close(separate, f[4:], rtol=0, atol=1e-10)

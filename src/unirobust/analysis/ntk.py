@@ -197,7 +197,9 @@ class _BackboneKernel:
                         out[sb, :, sa, :] += block.permute(2, 3, 0, 1)
         return out
 
-    def f_vjp_jvp(self, x_a: Tensor, x_b: Tensor, sample_chunk: int) -> Tensor:
+    def f_vjp_jvp(
+        self, x_a: Tensor, x_b: Tensor, sample_chunk: int, tangent_chunk: int | None
+    ) -> Tensor:
         """F[a, :, b, :] column by column: vjp tangents of each x_b, batched jvp over x_a."""
         c = self.num_classes
         eye = torch.eye(c, dtype=self.v0.dtype, device=self.v0.device)
@@ -214,7 +216,7 @@ class _BackboneKernel:
         for sb in _blocks(x_b.shape[0], sample_chunk):
             tans = vmap(tangents)(x_b[sb])
             flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in tans.items()}
-            cols = vmap(column)(flat)  # [s·C, N, C]
+            cols = vmap(column, chunk_size=tangent_chunk)(flat)  # [s·C, N, C]
             out[:, :, sb, :] = cols.reshape(-1, c, x_a.shape[0], c).permute(2, 3, 0, 1)
         return out
 
@@ -246,6 +248,7 @@ def kernel_f(
     param_chunk: int = 1 << 20,
     max_jacobian_bytes: int = 1 << 30,
     sample_chunk: int = 1,
+    tangent_chunk: int | None = None,
 ) -> Tensor:
     """F(x_a, x_b) = V0 J(x_a) J(x_b)ᵀ V0ᵀ as [N, C, M, C] (x_b defaults to x_a).
 
@@ -254,8 +257,9 @@ def kernel_f(
 
     ``v0`` defaults to ``head.weight`` (``model.head``). θ_φ = :func:`selected_parameters`
     (``param_filter``). ``param_chunk`` and ``max_jacobian_bytes`` bound the ``jacobian`` mode,
-    ``sample_chunk`` (training samples per vmap) the ``vjp_jvp`` mode. Runs in eval mode with
-    TF32 off, in the model's dtype.
+    ``sample_chunk`` (training samples per vmap) and ``tangent_chunk`` (tangents per batched jvp,
+    each a forward pass over all of ``x_a``; default all C·sample_chunk) the ``vjp_jvp`` mode.
+    Runs in eval mode with TF32 off, in the model's dtype.
     """
     head = head if head is not None else model.head
     weight = (v0 if v0 is not None else head.weight).detach()
@@ -267,7 +271,7 @@ def kernel_f(
             return kern.f_jacobian(x_a, target, param_chunk, max_jacobian_bytes)
         if mode == "vjp_jvp":
             xb = x_a[:target] if isinstance(target, int) else target
-            return kern.f_vjp_jvp(x_a, xb, sample_chunk)
+            return kern.f_vjp_jvp(x_a, xb, sample_chunk, tangent_chunk)
     raise ValueError(f"unknown NTK mode {mode!r}; use 'jacobian' or 'vjp_jvp'")
 
 
@@ -471,7 +475,8 @@ def ntk_decomposition(
     in eval mode with TF32 off and in the model's dtype (use a float64 model for exact ranks),
     and reports FN / rank / spectrum of P, F and P + F, the rank bounds, the FT ratio and, with a
     test split, ``multiclass_acc`` (and ``entry_acc``) of each kernel. ``f_options`` go to
-    :func:`kernel_f` (``param_chunk``, ``max_jacobian_bytes``, ``sample_chunk``).
+    :func:`kernel_f` (``param_chunk``, ``max_jacobian_bytes``, ``sample_chunk``,
+    ``tangent_chunk``).
     """
     head = head if head is not None else model.head
     dtype = head.weight.dtype
@@ -485,7 +490,9 @@ def ntk_decomposition(
     n = len(train_idx)
     start = time.perf_counter()
     with _eval_without_tf32(model), torch.no_grad():
-        phi = model.features(x_all).flatten(1)
+        phi = torch.cat(
+            [model.features(x_all[i : i + 256]).flatten(1) for i in range(0, len(x_all), 256)]
+        )
         logits0 = head(phi[:n])
     p_all = kernel_p(phi, phi[:n], int(head.out_features))
     timings["p_s"] = time.perf_counter() - start
