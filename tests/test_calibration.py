@@ -13,6 +13,7 @@ from unirobust.analysis.calibration import (
     calibration_metrics,
     fit_temperature,
     reliability_bins,
+    temperature_scaling,
 )
 
 
@@ -102,3 +103,89 @@ def test_input_validation():
         calibration_metrics(torch.zeros(2, 3), torch.tensor([0, 3]))
     with pytest.raises(ValueError):
         apply_temperature(torch.zeros(2, 2), 0.0)
+
+
+def _calibrated_predictor(n: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """conf ~ U(1/C, 1) on a random predicted class, correct with probability conf (§8.7)."""
+    g = torch.Generator().manual_seed(seed)
+    conf = 1 / c + (1 - 1 / c) * torch.rand(n, generator=g, dtype=torch.float64)
+    pred = torch.randint(0, c, (n,), generator=g)
+    probs = ((1 - conf) / (c - 1)).unsqueeze(1).repeat(1, c)
+    probs[torch.arange(n), pred] = conf
+    correct = torch.rand(n, generator=g, dtype=torch.float64) < conf
+    other = (pred + torch.randint(1, c, (n,), generator=g)) % c
+    return probs.log(), torch.where(correct, pred, other)
+
+
+def test_ece_near_zero_for_a_calibrated_predictor():
+    logits, y = _calibrated_predictor(200_000, 4, seed=0)
+    m = calibration_metrics(logits, y, n_bins=15)
+    assert m["ece"] < 0.01
+    # the same predictor made over-confident is not calibrated
+    assert calibration_metrics(logits * 3, y)["ece"] > 0.05
+
+
+def test_constant_full_confidence_at_seventy_percent():
+    logits = torch.zeros(10, 3, dtype=torch.float64)
+    logits[:, 0] = 100.0  # softmax max == 1.0 in float64
+    y = torch.tensor([0] * 7 + [1, 2, 1])
+    m = calibration_metrics(logits, y, extended=True)
+    assert m["ece"] == pytest.approx(0.30, abs=1e-12)
+    assert m["mce"] == pytest.approx(0.30, abs=1e-12)
+    assert m["mean_confidence"] == 1.0
+
+
+def test_extended_metrics_by_hand():
+    logits = torch.tensor([[2.0, -1.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    m = calibration_metrics(logits, y, extended=True)
+    assert m["brier"] == pytest.approx(3 * m["brier_repo"], rel=1e-12)  # Brier = C·brier_repo
+    assert m["logit_l1"] == pytest.approx((3.0 + 3.0) / 2)
+    assert m["logit_l2"] == pytest.approx((math.sqrt(5.0) + 3.0) / 2)
+    probs = torch.softmax(logits, 1)
+    assert m["mean_confidence"] == pytest.approx(float(probs.max(1).values.mean()))
+    assert set(calibration_metrics(logits, y)) == {"ece", "mce", "nll", "brier", "acc"}
+
+
+def _scaled_calibrated(beta: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 4, generator=g, dtype=torch.float64) * 2.0
+    y = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).reshape(-1)
+    return logits * beta, y
+
+
+@pytest.mark.parametrize(
+    ("method", "beta", "n"),
+    # Adam at lr 1e-3 moves T by about 1e-3 a step: a scale near 1 keeps the test short
+    [("lbfgs", 2.5, 20_000), ("golden", 2.5, 20_000), ("adam", 1.25, 3_000)],
+)
+def test_temperature_recovers_the_logit_scale(method: str, beta: float, n: int):
+    logits, y = _scaled_calibrated(beta, n, seed=2)
+    t = fit_temperature(logits, y, method=method)
+    assert t == pytest.approx(beta, rel=0.05)
+    assert torch.equal(apply_temperature(logits, t).argmax(1), logits.argmax(1))
+    nll_1 = calibration_metrics(logits, y)["nll"]
+    assert calibration_metrics(logits / t, y)["nll"] <= nll_1
+
+
+def test_lbfgs_and_golden_agree():
+    logits, y = _overconfident(seed=3)
+    t_lbfgs = fit_temperature(logits, y)  # default: lbfgs on log T
+    t_golden = fit_temperature(logits, y, method="golden")
+    assert t_lbfgs == pytest.approx(t_golden, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown temperature method"):
+        fit_temperature(logits, y, method="newton")  # type: ignore[arg-type]
+
+
+def test_temperature_scaling_reports_before_and_after():
+    val, y_val = _overconfident(seed=4)
+    test, y_test = _overconfident(seed=5)
+    out = temperature_scaling(val, y_val, test, y_test, method="lbfgs")
+    assert out["temperature"] == pytest.approx(fit_temperature(val, y_val))
+    assert out["method"] == "lbfgs"
+    assert out["before"] == calibration_metrics(test, y_test, extended=True)
+    assert out["after"]["acc"] == out["before"]["acc"]
+    assert out["after"]["nll"] < out["before"]["nll"]
+    assert out["after"]["mean_confidence"] < out["before"]["mean_confidence"]
+    with pytest.raises(ValueError, match="both"):
+        temperature_scaling(val, y_val, test)

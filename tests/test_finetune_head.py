@@ -13,10 +13,11 @@ import torch
 from conftest import tiny_recipe
 from sklearn.linear_model import LogisticRegressionCV
 
+from unirobust.analysis.features import extract_features
 from unirobust.config import validate_recipe
 from unirobust.engine.checkpoint import read_model_file
 from unirobust.finetune import head as head_module
-from unirobust.finetune.head import HeadInit, apply_head_init, fit_logreg, penultimate_features
+from unirobust.finetune.head import HeadInit, apply_head_init, fit_logreg
 from unirobust.models import build_model
 from unirobust.pipeline import train
 
@@ -87,7 +88,7 @@ def test_head_init_leaves_the_backbone_bit_identical_and_scales_the_head() -> No
     lp = {k: v.clone() for k, v in model.state_dict().items()}
     for name, tensor in lp.items():
         assert torch.equal(tensor, before[name]) != name.startswith("linear."), name
-    phi = penultimate_features(model, x).double().numpy()
+    phi = extract_features(model, x).numpy()
     weight, _ = fit_logreg(phi, y.numpy(), 3, HeadInit(mode="logreg", cs=3, folds=3), 0)
     torch.testing.assert_close(lp["linear.weight"], torch.from_numpy(weight).float())
     logits = model.eval()(x)

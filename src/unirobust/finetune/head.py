@@ -27,12 +27,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from unirobust.analysis.features import extract_features
 from unirobust.errors import ConfigError
 from unirobust.experts.tensors import unwrap
-from unirobust.models import batched_logits
 from unirobust.schema import Strict
 
-__all__ = ["HeadInit", "apply_head_init", "fit_logreg", "head_of", "penultimate_features"]
+__all__ = ["HeadInit", "apply_head_init", "fit_logreg", "head_of"]
 
 
 class HeadInit(Strict):
@@ -62,23 +62,6 @@ def head_of(model: nn.Module) -> nn.Linear:
             "a model of the library (an ImageClassifier)"
         )
     return head
-
-
-class _Features(nn.Module):
-    """phi as a module, so the one batched eval-mode helper extracts it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = unwrap(model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model.features(x)
-
-
-def penultimate_features(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """phi(x) in eval mode, without gradients; the model's modes are restored (pitfall 3)."""
-    head_of(model)
-    return batched_logits(_Features(model), x, batch_size)
 
 
 def fit_logreg(
@@ -132,7 +115,8 @@ def apply_head_init(model: nn.Module, spec: HeadInit, x: Tensor, y: Tensor, seed
             if head.bias is not None:
                 head.bias.zero_()
         elif spec.mode == "logreg":
-            phi = penultimate_features(model, x).double().cpu().numpy()
+            head_of(model)
+            phi = extract_features(model, x).numpy()  # float64, eval mode (pitfall 3)
             weight, bias = fit_logreg(phi, y.cpu().numpy(), head.out_features, spec, seed)
             head.weight.copy_(torch.from_numpy(weight))
             if head.bias is not None:
