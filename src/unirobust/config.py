@@ -592,5 +592,12 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
-    """The resolved recipe as plain data (what goes to ``config.yaml`` in the run directory)."""
-    return config.model_dump(mode="json")
+    """The resolved recipe as plain data (what goes to ``config.yaml`` in the run directory).
+
+    With ``train.stages`` the short-form stage fields are left out: validation refuses both
+    forms at once, so ``--resume`` and ``eval`` could not read the file back otherwise."""
+    data = config.model_dump(mode="json")
+    if config.train.stages:
+        for key in StageFields.model_fields:
+            data["train"].pop(key, None)
+    return data

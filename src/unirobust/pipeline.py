@@ -11,11 +11,13 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
@@ -110,20 +112,25 @@ def train(
             check_writable_dir(root)
             lock = RunLock(root / LOCK_NAME) if ctx.is_main else None
         bundle = load_data(config, device)  # a missing dataset fails before the run dir exists
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # and the global RNGs, so the train state is reproducible
+        random.seed(config.seed)
+        np.random.seed(config.seed)
         initial = build_model_for(config, bundle.num_classes, bundle.input_shape)
-        if config.init_from is not None and resume is None:
+        # a run killed before its first checkpoint resumes from the start, bit-exactly
+        has_state = resume is not None and any(run.checkpoints.glob("train_state*.pt"))
+        if config.init_from is not None and not has_state:
             init = config.init_from
             tensors, source = initial_weights(init.path, init.checkpoint)
             load_weights_into(initial, tensors, source, strict=init.strict)
         if resume is None:
             if ctx.is_main:
-                created = RunDir.create(root, config_to_dict(config), lock=lock)
-                resolved = {"stages": [s.model_dump(mode="json") for s in stages]}
-                text = json.dumps(resolved, indent=2)
-                atomic_write(created.root / "stages.json", lambda tmp: tmp.write_text(text))
+                RunDir.create(root, config_to_dict(config), lock=lock)
             ctx.barrier()
             run = RunDir(root)
+        if ctx.is_main and (resume is None or not (run.root / "stages.json").is_file()):
+            resolved = {"stages": [s.model_dump(mode="json") for s in stages]}
+            text = json.dumps(resolved, indent=2)
+            atomic_write(run.root / "stages.json", lambda tmp: tmp.write_text(text))
         if ctx.is_main:
             event = "start" if resume is None else "resume"
             run.add_provenance(session_provenance(event, device, run.config_path))
@@ -167,7 +174,8 @@ def train(
             config, run, stage_builder, initial, loader, val_data, meta, ctx, progress=progress
         )
         if resume is not None:
-            trainer.resume()
+            if has_state:
+                trainer.resume()
             if ctx.is_main:
                 run.truncate_after_epoch(trainer.state.epoch)
                 run.log({"event": "resume", "epoch": trainer.state.epoch})

@@ -46,6 +46,11 @@ LOCK_NAME = ".lock"
 PROVENANCE_NAME = "provenance.json"
 
 
+def _ours(name: str, allow: tuple[str, ...]) -> bool:
+    """A name that does not make a directory a run: ``allow``ed, or a killed writer's temp file."""
+    return name in allow or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
+
+
 class RunDir:
     """Paths and append-only logs of one run."""
 
@@ -85,11 +90,12 @@ class RunDir:
 
     @staticmethod
     def refuse_existing(root: Path, allow: tuple[str, ...] = (LOCK_NAME,)) -> None:
-        """A new run never reuses a directory that exists and is not empty (a lock file alone
-        does not count: a live holder is refused by the lock itself)."""
+        """A new run never reuses a directory that exists and is not empty (a lock file and the
+        temporary files of a process killed while creating the run do not count; a live
+        holder of the lock is refused by the lock itself)."""
         root = Path(root)
         if root.exists() and (
-            not root.is_dir() or any(p.name not in allow for p in root.iterdir())
+            not root.is_dir() or any(not _ours(p.name, allow) for p in root.iterdir())
         ):
             raise RunDirError(
                 f"run directory '{root}' already exists and is not empty; continue it with "
@@ -113,13 +119,13 @@ class RunDir:
         if lock is not None:
             lock.acquire()
             cls.refuse_existing(root)
+        # config.yaml first: from then on the directory is a run that --resume continues
+        atomic_write_text(run.config_path, yaml.safe_dump(config, sort_keys=False))
         try:
             run.checkpoints.mkdir(exist_ok=True)
             run.metrics_path.touch()
         except OSError as err:
             raise output_error(root, err, "cannot write run directory") from None
-        text = yaml.safe_dump(config, sort_keys=False)
-        atomic_write_text(run.config_path, text)
         return run
 
     def lock(self) -> RunLock:
