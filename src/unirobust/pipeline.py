@@ -131,9 +131,6 @@ def train(
             resolved = {"stages": [s.model_dump(mode="json") for s in stages]}
             text = json.dumps(resolved, indent=2)
             atomic_write(run.root / "stages.json", lambda tmp: tmp.write_text(text))
-        if ctx.is_main:
-            event = "start" if resume is None else "resume"
-            run.add_provenance(session_provenance(event, device, run.config_path))
 
         def stage_builder(index: int, model: torch.nn.Module):
             return build_stage(
@@ -179,6 +176,9 @@ def train(
             if ctx.is_main:
                 run.truncate_after_epoch(trainer.state.epoch)
                 run.log({"event": "resume", "epoch": trainer.state.epoch})
+        if ctx.is_main:  # after a resume is known to fit: a refused one changes nothing
+            event = "start" if resume is None else "resume"
+            run.add_provenance(session_provenance(event, device, run.config_path))
         trainer.fit(stop_after_epoch=stop_after_epoch)
         return run.root
     finally:
