@@ -502,11 +502,14 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 
 
+_REFUSED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("binary", "set", "omap", "pairs")}
+
+
 class RecipeLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (no Python tags, so no code runs) that also refuses what a recipe
     never needs: a key given twice in one mapping (the first value would be silently dropped),
     nesting deeper than ``MAX_DEPTH`` and more than ``MAX_NODES`` values once aliases are
-    expanded (a "billion laughs" file)."""
+    expanded (a "billion laughs" file), and the tags that make bytes, sets or ordered pairs."""
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
@@ -528,6 +531,11 @@ class RecipeLoader(yaml.SafeLoader):
         return super().construct_document(node)
 
     def _count(self, node: Any, path: set[int]) -> None:
+        if node.tag in _REFUSED_TAGS:
+            name = node.tag.rsplit(":", 1)[-1]
+            raise ConfigError(
+                f"YAML tag '!!{name}' (line {node.start_mark.line + 1}) has no place in a recipe"
+            )
         self._nodes += 1
         if self._nodes > MAX_NODES:
             raise ConfigError(f"more than {MAX_NODES} values (aliases expanded); not a recipe")
