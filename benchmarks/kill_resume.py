@@ -72,6 +72,7 @@ _BASE: dict[str, Any] = {
 }
 _BN_LENET = {"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}}
 _SGD = {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4}
+_PRESET = {"preset": "nat_linf", "linf": "linf:0.1", "attack_steps": 2}
 
 
 def _expert(name: str, objective: dict[str, Any]) -> dict[str, Any]:
@@ -90,13 +91,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "model": _BN_LENET,
         "train": {
             "epochs": 3,
-            "generalist": {
-                "preset": "nat_linf",
-                "linf": "linf:0.1",
-                "attack_steps": 2,
-                "lr_values": [0.05, 0.05, 0.01, 0.001],
-            },
             "merge": {"name": "ema_mix", "sync_start": 2, "sync_interval": 1},
+            "generalist": {**_PRESET, "lr_values": [0.05, 0.05, 0.01, 0.001]},
         },
     },
     # a linear probe with frozen BatchNorm, then full fine-tuning
