@@ -174,6 +174,7 @@ def test_trades_variant_official_runs_the_clean_forward_twice() -> None:
         ({"linf": 8 / 255, "l2": 0.75, "l1": 12.0}, ("linf", "l1")),
         ({"linf": 8 / 255, "l2": 0.5, "l1": 18.0}, ("l1", "linf")),
         ({"linf": 8 / 255, "l2": 1.5, "l1": 12.0}, ("l2", "linf")),
+        ({"linf": 0.15, "l2": 2.0, "l1": 15.0}, ("linf", "l1")),  # the Fashion-MNIST proxy
         ({"linf": 0.031, "l2": 0.5, "l1": 12.0}, None),  # 0.031 is not 8/255
         ({"linf": 8 / 255, "l2": 0.5}, None),  # a configuration is all three radii
     ],
@@ -184,7 +185,7 @@ def test_key_pair_table(radii: dict[str, float], pair: tuple[str, str] | None) -
 
 def test_key_pair_table_has_no_duplicate_configurations() -> None:
     configs = [(r.linf, r.l2, r.l1) for r in KEY_PAIRS]
-    assert len(configs) == len(set(configs)) == 14
+    assert len(configs) == len(set(configs)) == 15  # §4.1's 14 rows + the Fashion-MNIST proxy
 
 
 def test_key_pair_override_and_errors() -> None:

@@ -162,7 +162,8 @@ def build_stage(
                 group_follows_schedule=follows,
                 grad_sync=grad_sync,
                 bn_mode=stage.bn_mode,
-                check_finite=train.check_finite == "every_step",
+                check_finite=train.check_finite != "log_interval",
+                skip_non_finite=train.check_finite == "skip",
             )
         )
     names = tuple(e.name for e in stage.experts)

@@ -1,11 +1,14 @@
 """``unirobust`` command line: train | eval | report | compare | recipes | demo.
 
 User mistakes (:class:`unirobust.errors.UserError`) print one line on stderr and exit with code 2,
-without a traceback; anything else is a bug and keeps its traceback.
+without a traceback; so does a failure of the file system (disk full, read-only, permission
+denied, a file where a directory should be), which is the machine's state, not a bug. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -52,12 +55,32 @@ def resolve_recipe(text: str) -> Path:
     raise ConfigError(f"recipe '{text}' is neither a file nor a known recipe name ({names})")
 
 
+_FILE_SYSTEM_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+}
+
+
 def _run(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except UserError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=err.exit_code) from None
+    except OSError as err:
+        if err.errno not in _FILE_SYSTEM_ERRNOS:
+            raise
+        where = f"'{err.filename}': " if err.filename else ""
+        console.print(f"[red]error:[/red] {where}{err.strerror}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
         console.print(
             "interrupted; resume with --resume RUN_DIR (nothing past the last checkpoint is lost)"
@@ -195,9 +218,11 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> N
 
     def action() -> None:
         from unirobust.engine.rundir import RunDir
+        from unirobust.io import check_writable_dir
         from unirobust.report import write_report
 
         RunDir.open_existing(run_dir)
+        check_writable_dir(run_dir / "report")
         path = write_report(run_dir)
         out.print(f"report: {path}\nhtml: {path.with_suffix('.html')}", highlight=False)
 
@@ -288,8 +313,9 @@ def recipes(
         return
     for path in files:
         try:
-            description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
-        except yaml.YAMLError:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            description = data.get("description", "") if isinstance(data, dict) else ""
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
             description = "(unreadable YAML)"
         rel = path.relative_to(path.parents[1]) if len(path.parents) > 1 else path
         out.print(f"{rel!s:45s} {description}", highlight=False)

@@ -306,7 +306,10 @@ class TrainConfig(StageFields):
     Short form (one stage): the :class:`StageFields` directly here. Long form:
     ``stages: [...]``, each a :class:`StageConfig`. ``log_every``: steps between reads of the
     on-device running sums (progress, finiteness); ``check_finite: every_step`` checks each loss
-    before its update instead (one host sync a step). ``compat: official`` reproduces the
+    before its update instead (one host sync a step); ``check_finite: skip`` checks it there
+    too, but skips the batch (no update) instead of stopping, counted as ``skipped`` in the
+    epoch's train metrics (the skip needs the value before the update, so it cannot be deferred
+    to the log interval: one host sync a step). ``compat: official`` reproduces the
     RAMP/E-AT reference code's quirks (multinorm.md §7): every expert's no-decay group stays at
     lr 1.0, and objectives with a ``compat`` option (RAMP's TRADES variant) follow it.
     """
@@ -318,7 +321,7 @@ class TrainConfig(StageFields):
     compile: Literal["off", "default", "eager"] = "off"
     distributed: DistributedConfig = DistributedConfig()
     log_every: int = Field(50, ge=1)
-    check_finite: Literal["every_step", "log_interval"] = "log_interval"
+    check_finite: Literal["every_step", "log_interval", "skip"] = "log_interval"
     compat: Literal["default", "official"] = "default"
 
     @model_validator(mode="after")
@@ -425,7 +428,7 @@ class InitFrom(Strict):
 class RunConfig(Strict):
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     device: str = "cpu"
     checkpoint_every: int = Field(1, ge=1)
     data: DataConfig = DataConfig()
@@ -547,18 +550,82 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+_REFUSED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("binary", "set", "omap", "pairs")}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags, so no code runs) that also refuses what a recipe
+    never needs: a key given twice in one mapping (the first value would be silently dropped),
+    nesting deeper than ``MAX_DEPTH`` and more than ``MAX_NODES`` values once aliases are
+    expanded (a "billion laughs" file), and the tags that make bytes, sets or ordered pairs."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"nested deeper than {MAX_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: Any) -> Any:
+        self._count(node, set())
+        return super().construct_document(node)
+
+    def _count(self, node: Any, path: set[int]) -> None:
+        if node.tag in _REFUSED_TAGS:
+            name = node.tag.rsplit(":", 1)[-1]
+            raise ConfigError(
+                f"YAML tag '!!{name}' (line {node.start_mark.line + 1}) has no place in a recipe"
+            )
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise ConfigError(f"more than {MAX_NODES} values (aliases expanded); not a recipe")
+        if id(node) in path:
+            raise ConfigError("a YAML alias refers to itself; not a recipe")
+        children = node.value if isinstance(node.value, list) else []
+        for child in children:
+            for item in child if isinstance(child, tuple) else (child,):
+                self._count(item, path | {id(node)})
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"key '{key}' is given twice in one section (line {line})")
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe_data(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe file as plain data, with ``extends: other.yaml`` (a path relative to the file)
     merged underneath it, so recipes that share a configuration state it once."""
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' does not exist (list them with: unirobust recipes)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; a recipe is a YAML text file") from None
+    except OSError as err:
+        raise ConfigError(f"recipe '{path}' cannot be read ({err.strerror})") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}"
@@ -585,5 +652,12 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
-    """The resolved recipe as plain data (what goes to ``config.yaml`` in the run directory)."""
-    return config.model_dump(mode="json")
+    """The resolved recipe as plain data (what goes to ``config.yaml`` in the run directory).
+
+    With ``train.stages`` the short-form stage fields are left out: validation refuses both
+    forms at once, so ``--resume`` and ``eval`` could not read the file back otherwise."""
+    data = config.model_dump(mode="json")
+    if config.train.stages:
+        for key in StageFields.model_fields:
+            data["train"].pop(key, None)
+    return data

@@ -27,7 +27,13 @@ class CheckpointError(UserError):
 
 
 class RunDirError(UserError):
-    """A run directory exists already (refused) or is not a resumable run."""
+    """A run directory exists already (refused), is in use, or is not a resumable run."""
+
+
+class OutputError(UserError, OSError):
+    """A file or directory could not be written (read-only, not a directory, disk full).
+
+    Also an :class:`OSError`, so code that handles I/O failures keeps handling it."""
 
 
 class TrainingDivergedError(UserError):

@@ -7,15 +7,18 @@ split (the only place the test set is touched) and writes per-sample results and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
@@ -28,12 +31,13 @@ from unirobust.engine.checkpoint import (
     load_weights_into,
 )
 from unirobust.engine.distributed import init_distributed, shutdown_distributed
-from unirobust.engine.rundir import RunDir
+from unirobust.engine.rundir import LOCK_NAME, RunDir, RunLock
 from unirobust.engine.trainer import Trainer
-from unirobust.errors import ConfigError
+from unirobust.errors import CheckpointError, ConfigError
 from unirobust.evaluation.keys import Summary
 from unirobust.finetune.head import apply_head_init
-from unirobust.io import atomic_write_text
+from unirobust.io import atomic_write_text, check_writable_dir
+from unirobust.provenance import session_provenance
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,27 +100,39 @@ def train(
     stages = config.train.resolved_stages()
     n_experts = len(stages[0].experts)
     ctx = init_distributed(distributed_mode(config, n_experts), n_experts, device)
+    lock: RunLock | None = None
     try:
         root = Path(resume if resume is not None else out or Path("runs") / config.name)
         if resume is not None:
             run = RunDir.open_existing(root)
+            if ctx.is_main:  # one process per run: a second one is refused here
+                lock = run.lock()
+                lock.acquire()
+                run.remove_stale_temps()
         else:
             RunDir.refuse_existing(root)  # before any work, so a refusal costs nothing
+            check_writable_dir(root)
+            lock = RunLock(root / LOCK_NAME) if ctx.is_main else None
         bundle = load_data(config, device)  # a missing dataset fails before the run dir exists
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # and the global RNGs, so the train state is reproducible
+        random.seed(config.seed)
+        np.random.seed(config.seed)
         initial = build_model_for(config, bundle.num_classes, bundle.input_shape)
-        if config.init_from is not None and resume is None:
+        # a run killed before its first checkpoint resumes from the start, bit-exactly
+        has_state = resume is not None and any(run.checkpoints.glob("train_state*.pt"))
+        if config.init_from is not None and not has_state:
             init = config.init_from
             tensors, source = initial_weights(init.path, init.checkpoint)
             load_weights_into(initial, tensors, source, strict=init.strict)
         if resume is None:
             if ctx.is_main:
-                created = RunDir.create(root, config_to_dict(config))
-                resolved = {"stages": [s.model_dump(mode="json") for s in stages]}
-                text = json.dumps(resolved, indent=2)
-                atomic_write(created.root / "stages.json", lambda tmp: tmp.write_text(text))
+                RunDir.create(root, config_to_dict(config), lock=lock)
             ctx.barrier()
             run = RunDir(root)
+        if ctx.is_main and (resume is None or not (run.root / "stages.json").is_file()):
+            resolved = {"stages": [s.model_dump(mode="json") for s in stages]}
+            text = json.dumps(resolved, indent=2)
+            atomic_write(run.root / "stages.json", lambda tmp: tmp.write_text(text))
 
         aug = config.data.augment
 
@@ -164,13 +180,19 @@ def train(
             config, run, stage_builder, initial, val_data, meta, ctx, progress=progress
         )
         if resume is not None:
-            trainer.resume()
+            if has_state:
+                trainer.resume()
             if ctx.is_main:
                 run.truncate_after_epoch(trainer.state.epoch)
                 run.log({"event": "resume", "epoch": trainer.state.epoch})
+        if ctx.is_main:  # after a resume is known to fit: a refused one changes nothing
+            event = "start" if resume is None else "resume"
+            run.add_provenance(session_provenance(event, device, run.config_path))
         trainer.fit(stop_after_epoch=stop_after_epoch)
         return run.root
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_distributed()
 
 
@@ -217,10 +239,10 @@ def evaluate_run(
     included, so every group is recomputed from it, never re-run) and logs a ``final_eval`` event.
     Returns the summaries.
     """
-    from unirobust.data import load_dataset
-
     target = Path(target)
     eval_spec(EvalConfig(), overrides)  # a bad option fails before anything is loaded
+    if not target.exists():
+        raise CheckpointError(f"'{target}' does not exist (give a run directory or a model file)")
     is_run = target.is_dir()
     config = load_run_config(target) if is_run else None
     base = spec or (config.eval if config else EvalConfig())
@@ -236,6 +258,29 @@ def evaluate_run(
     seed = spec.seed if seed is None else int(seed)
     checkpoints = list(spec.checkpoints) if is_run else ["file"]
     out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
+    check_writable_dir(out_dir)  # before the attacks, not at their first write
+    with RunDir(target).locked() if is_run else contextlib.nullcontext():
+        if is_run:
+            RunDir(target).remove_stale_temps()
+        return _evaluate_checkpoints(
+            target, is_run, config, spec, threats, seed, checkpoints, out_dir, progress
+        )
+
+
+def _evaluate_checkpoints(
+    target: Path,
+    is_run: bool,
+    config: RunConfig | None,
+    spec: EvalConfig,
+    threats: list,
+    seed: int,
+    checkpoints: list[str],
+    out_dir: Path,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_run`'s loop over checkpoints (with the run's lock held)."""
+    from unirobust.data import load_dataset
+
     summaries = []
     for which in checkpoints:
         model, meta = load_model(target, which if is_run else "best")

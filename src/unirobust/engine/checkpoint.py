@@ -13,8 +13,10 @@ Exported models are safetensors files whose metadata carries the model recipe, s
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from unirobust.errors import CheckpointError
+from unirobust.errors import CheckpointError, UserError
 from unirobust.experts.tensors import unwrap
-from unirobust.io import atomic_write
+from unirobust.io import atomic_write as atomic_write  # re-exported
+from unirobust.io import atomic_write_bytes, check_writable_dir
 
 TRAIN_STATE_FORMAT = "unirobust-train-state"
 MODEL_FORMAT = "unirobust-model"
@@ -84,9 +87,22 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
-    """Write a train state dict atomically, tagged with its format and version."""
+    """Write a train state dict atomically, tagged with its format and version.
+
+    Serialised in memory first, so a full disk is an ``OSError`` of the plain write (an
+    :class:`~unirobust.errors.OutputError`), never a half-written file."""
     payload = {"format": TRAIN_STATE_FORMAT, "version": FORMAT_VERSION, **state}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)``: plain data and tensors only, never code; torch's
+    warnings about unusual pickle protocols are silenced (the error, if any, is ours)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -94,7 +110,7 @@ def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> di
     if not path.is_file():
         raise CheckpointError(f"no train state at '{path}' (a run saves one after each epoch)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = _torch_load(path, map_location)
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -130,7 +146,7 @@ def export_model(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None
     meta = {"format": MODEL_FORMAT, "version": str(FORMAT_VERSION)}
     meta.update({k: json.dumps(v) for k, v in metadata.items()})
     tensors = {k: v.cpu() for k, v in model_state(model).items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -150,7 +166,10 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             f"'{path}' is a safetensors file without unirobust metadata; rebuild the model in "
             "Python and load_state_dict it instead"
         )
-    meta = {k: json.loads(v) for k, v in raw_meta.items() if k not in ("format", "version")}
+    try:
+        meta = {k: json.loads(v) for k, v in raw_meta.items() if k not in ("format", "version")}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"'{path}' has corrupted unirobust metadata ({err.msg})") from None
     return strip_prefixes(tensors), meta
 
 
@@ -177,13 +196,19 @@ def load_model(
 
     path = resolve_model_path(Path(target), checkpoint)
     tensors, meta = read_model_file(path)
-    spec = meta["model"]
-    model = build_model(
-        spec["name"],
-        num_classes=int(meta["num_classes"]),
-        input_shape=tuple(meta["input_shape"]),
-        **spec.get("options", {}),
-    )
+    try:
+        spec = meta["model"]
+        model = build_model(
+            spec["name"],
+            num_classes=int(meta["num_classes"]),
+            input_shape=tuple(meta["input_shape"]),
+            **spec.get("options", {}),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, UserError) as err:
+        raise CheckpointError(
+            f"'{path}' has unirobust metadata that does not describe a model "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})"
+        ) from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
@@ -214,6 +239,7 @@ def import_weights(
 
     if out.exists():
         raise CheckpointError(f"'{out}' exists already; choose another --out")
+    check_writable_dir(out.parent)
     state = read_foreign_state(source)
     net = build_model(model, num_classes=num_classes, input_shape=input_shape, **(options or {}))
     load_weights_into(net, state, str(source), what=f"model '{model}'")
@@ -233,7 +259,7 @@ def read_foreign_state(source: Path) -> dict[str, torch.Tensor]:
     """A plain PyTorch state dict read with ``weights_only=True`` (no code runs), its
     ``state_dict``/``model`` wrapper key and ``module.``-style prefixes removed."""
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = _torch_load(source, "cpu")
     except FileNotFoundError:
         raise CheckpointError(f"'{source}' does not exist") from None
     except Exception as err:

@@ -45,7 +45,7 @@ from unirobust.experts.tensors import unwrap
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """One line per epoch for logs (the progress bar's stand-in when it is off)."""
     train = " ".join(
-        f"{name} loss {v['loss']:.3f} acc {100 * v['acc']:.1f}%"
+        f"{name} loss {v.get('loss', math.nan):.3f} acc {100 * v.get('acc', math.nan):.1f}%"
         for name, v in record["train"].items()
     )
     line = f"epoch {record['epoch']}/{epochs} {record['time_s']:.0f}s {train}"
@@ -200,6 +200,9 @@ class Trainer:
             self.state.epoch = epoch
             if self.ctx.is_main:
                 record.update(self._select_and_export(epoch))
+                # logged before the state is saved: a resume from an older state drops the line
+                self.run.log(record)
+                self.state.history.append(record)
             if (
                 epoch % self.config.checkpoint_every == 0
                 or epoch == epochs
@@ -208,11 +211,8 @@ class Trainer:
                 )
             ):
                 self.save_state()  # every rank writes its own file under torchrun
-            if self.ctx.is_main:
-                self.run.log(record)
-                self.state.history.append(record)
-                if not self.progress:
-                    print(epoch_line(record, epochs), file=sys.stderr, flush=True)
+            if self.ctx.is_main and not self.progress:
+                print(epoch_line(record, epochs), file=sys.stderr, flush=True)
             self.ctx.barrier()
         return self.state
 
@@ -229,6 +229,7 @@ class Trainer:
         self.loader.set_epoch(epoch)
         n_iters = len(self.loader)
         sums = {e.name: RunningSums() for e in experts}
+        skipped = dict.fromkeys(sums, 0)  # train.check_finite: skip
         lrs: dict[str, float] = {}
         images = 0
         channels_last = self.config.train.channels_last
@@ -241,7 +242,11 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for expert in experts:
                     lrs[expert.name] = expert.set_lr(local_epoch, i, n_iters)
-                    sums[expert.name].add(expert.train_step(x, y, self.state.step), self.state.step)
+                    out = expert.train_step(x, y, self.state.step)
+                    if out is None:
+                        skipped[expert.name] += 1
+                    else:
+                        sums[expert.name].add(out, self.state.step)
                 if merge.every_step:
                     merge.after_step(experts, local_epoch, i, n_iters)
                 self.state.step += 1
@@ -250,8 +255,8 @@ class Trainer:
                     self._check_finite(sums)
                     first = sums[experts[0].name].read()
                     bar.update(
-                        loss=first["loss"],
-                        acc=first["acc"],
+                        loss=first.get("loss", math.nan),  # absent: every batch skipped
+                        acc=first.get("acc", math.nan),
                         images_per_s=images * len(experts) / (time.perf_counter() - start),
                     )
         if merge.every_epoch:
@@ -267,6 +272,9 @@ class Trainer:
             "mix_weights": {},
             "train": {name: s.read() for name, s in sums.items()},
         }
+        if self.config.train.check_finite == "skip":
+            for name, count in skipped.items():
+                record["train"][name]["skipped"] = count
         if len(self.stages) > 1:
             record["stage"] = stage.name
         record.update(merge.log(local_epoch, n_iters))

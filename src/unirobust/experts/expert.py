@@ -53,6 +53,10 @@ class Expert:
     ``grad_sync`` averages gradients over data-parallel replicas (``engine.distributed``).
     ``check_finite``: raise on a non-finite loss before the update (one host sync per step);
     otherwise the Trainer checks its on-device running sums once per logging interval.
+    ``skip_non_finite`` (with ``check_finite``): skip the batch instead -- no backward, no
+    optimizer step -- and return ``None``. The check needs the loss on the host before the update,
+    so it is always per step. Only the loss is checked; an objective's own state (E-AT's
+    accumulators) has already seen the batch.
     """
 
     name: str
@@ -66,6 +70,7 @@ class Expert:
     grad_sync: Callable[[list[Tensor]], None] | None = None
     bn_mode: BnMode = "train"
     check_finite: bool = False
+    skip_non_finite: bool = False
 
     def set_lr(self, epoch: int, iteration: int, n_iters: int) -> float:
         """Set the lr of every group that follows the schedule; return the scheduled lr."""
@@ -80,10 +85,11 @@ class Expert:
         """Every parameter group's current lr (logged: multinorm.md §7)."""
         return [float(g["lr"]) for g in self.optimizer.param_groups]
 
-    def train_step(self, x: Tensor, y: Tensor, step: int = 0) -> ObjectiveOutput:
+    def train_step(self, x: Tensor, y: Tensor, step: int = 0) -> ObjectiveOutput | None:
         """One update on the batch (generalist.md §2 steps 1-2 / 4); the loss comes back detached.
 
-        Nothing here reads a value back to the host unless ``check_finite`` is set.
+        Nothing here reads a value back to the host unless ``check_finite`` is set. ``None``: the
+        loss was not finite and ``skip_non_finite`` skipped the batch.
         """
         set_train_mode(self.model, self.bn_mode)
         with torch.autocast(
@@ -92,6 +98,9 @@ class Expert:
             out = self.objective(self.model, x, y)
         loss = out.loss.float()
         if self.check_finite and not torch.isfinite(loss):
+            if self.skip_non_finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
             raise self.diverged(step, float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -290,7 +290,7 @@ def build_schedule(spec: Mapping[str, Any]) -> TimedSchedule:
         )
     raw_kind = spec.get("kind")
     kind = raw_kind.replace("-", "_") if isinstance(raw_kind, str) else raw_kind
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise ConfigError(
             f"unknown schedule kind {raw_kind!r}; allowed kinds: {', '.join(SCHEDULE_KINDS)}"
         )

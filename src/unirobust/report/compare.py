@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unirobust.errors import UserError
+from unirobust.errors import RunDirError
 from unirobust.evaluation.keys import Summary as S
-from unirobust.io import atomic_write_text
+from unirobust.io import atomic_write_text, check_writable_dir
 from unirobust.report.figures import _plot_tradeoff
 from unirobust.report.fmt import (
     UNION_NOTE,
@@ -39,6 +39,26 @@ def _aggregate(values: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def _load_runs(run_dirs: Sequence[Path], out_dir: Path) -> list[tuple[Path, Any]]:
+    """Every directory must be a run with an evaluation, and ``out_dir`` writable: otherwise a
+    one-line :class:`UserError` before anything is written."""
+    if not run_dirs:
+        raise RunDirError("give at least one run directory to compare")
+    runs = []
+    for d in map(Path, run_dirs):
+        if d.exists() and not d.is_dir():
+            raise RunDirError(f"'{d}' is a file, not a run directory")
+        if d.resolve() == out_dir.resolve():
+            raise RunDirError(f"'{d}' is the comparison's --out directory, not a run")
+        runs.append((d, load_run(d)))  # a path that is not a run is refused, not skipped
+    if not any(run.summaries() for _, run in runs):
+        raise RunDirError(
+            "none of the runs has an evaluation summary to compare; run 'unirobust eval RUN' first"
+        )
+    check_writable_dir(out_dir)
+    return runs
+
+
 def compare_runs(
     run_dirs: Sequence[Path],
     out_dir: Path,
@@ -51,23 +71,18 @@ def compare_runs(
     Runs are grouped by recipe ``name`` (and, so that unlike numbers are never averaged, by suite,
     threats, dataset, split and points). Each group shows mean ± sample std (ddof=1) over its seeds
     of clean, per-threat and union accuracy for ``checkpoint``. Runs without a summary for that
-    checkpoint are listed as skipped. Figures: ``tradeoff.png`` (clean vs each threat); for groups
-    evaluated under several threats also a "Multi-norm robustness" section with a table,
-    ``multinorm_bars.png`` (clean / per-norm / union bars per method) and ``clean_vs_union.png``.
-    ``comparison.html`` holds the same content with the figures embedded (opens offline).
-    Returns the path of ``comparison.md``.
+    checkpoint are listed as skipped; a path that is not a run, or runs none of which has been
+    evaluated, are a :class:`RunDirError` and nothing is written. Figures: ``tradeoff.png`` (clean
+    vs each threat); for groups evaluated under several threats also a "Multi-norm robustness"
+    section with a table, ``multinorm_bars.png`` (clean / per-norm / union bars per method) and
+    ``clean_vs_union.png``. ``comparison.html`` holds the same content with the figures embedded
+    (opens offline). Returns the path of ``comparison.md``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = _load_runs(run_dirs, out_dir)
     skipped: list[dict[str, str]] = []
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for d in run_dirs:
-        d = Path(d)
-        try:
-            run = load_run(d)
-        except UserError as exc:
-            skipped.append({"run": str(d), "reason": str(exc)})
-            continue
+    for d, run in runs:
         recs = run.summaries(checkpoint)
         if not recs:
             others = sorted({r.checkpoint for r in run.summaries()})
@@ -135,6 +150,7 @@ def compare_runs(
         "groups": results,
         "skipped": skipped,
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "comparison.json", json.dumps(payload, indent=2) + "\n")
     fig_name = _plot_tradeoff(results, out_dir, checkpoint, title)
     extra = multinorm_section(results, out_dir, checkpoint, title)

@@ -16,6 +16,7 @@ from unirobust.evaluation.keys import Calibration as Cal
 from unirobust.evaluation.keys import Corruptions as Cor
 from unirobust.evaluation.keys import Reliability as Rel
 from unirobust.evaluation.keys import Summary as S
+from unirobust.io import atomic_write
 from unirobust.report.fmt import (
     UNION_NOTE,
     _num,
@@ -43,7 +44,7 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float], **kw: Any) -> tup
 
 
 def _save(fig: Any, path: Path) -> None:
-    fig.savefig(path, dpi=_PNG_DPI, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=_PNG_DPI, format="png"))
 
 
 def _integer_x(ax: Any) -> None:
