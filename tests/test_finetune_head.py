@@ -141,3 +141,47 @@ def test_staged_lp_then_ft_fits_the_head_once(tmp_path: Path, monkeypatch) -> No
     assert all(torch.equal(a[k], b[k]) for k in a)
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records if r["event"] == "epoch"] == ["lp", "ft"]
+
+
+def test_per_epoch_diagnostics_follow_the_stages_and_survive_resume(tmp_path: Path) -> None:
+    """E1/E3 in miniature: LP keeps phi (Diff(F) = 0) and grows the head; FT moves phi."""
+    expert = {
+        "name": "e",
+        "objective": {"name": "natural"},
+        "optimizer": {"name": "adamw", "weight_decay": 0.0},
+        "lr_schedule": {"kind": "constant", "value": 1e-2},
+    }
+    model = {"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}}
+    data = tiny_recipe(model=model)
+    data["train"] = {
+        "stages": [
+            {
+                "name": "lp",
+                "epochs": 1,
+                "experts": [expert],
+                "trainable": "head",
+                "bn_mode": "frozen",
+                "head_init": {"mode": "logreg", "cs": 3, "folds": 3},
+            },
+            {"name": "ft", "epochs": 2, "experts": [expert]},
+        ]
+    }
+    names = ["head_norm", "feature_change", "feature_cosine", "fdr", "calibration"]
+    data["validation"] = {"threats": [], "select": "clean", "diagnostics": names}
+    config = validate_recipe(data)
+    straight = train(config, out=tmp_path / "s", progress=False)
+    resumed = train(config, out=tmp_path / "r", progress=False, stop_after_epoch=2)
+    train(config, resume=resumed, progress=False)
+
+    def diagnostics(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [r["val"]["diagnostics"] for r in map(json.loads, lines) if r["event"] == "epoch"]
+
+    lp, ft1, ft2 = diagnostics(straight)
+    assert set(lp) == set(names)
+    assert lp["feature_change"]["diff"] == 0.0  # LP leaves phi bit for bit
+    assert ft1["feature_change"]["diff"] > 0.0 and ft2["feature_change"]["diff"] > 0.0
+    init_norm = 0.02 * (16 * 10) ** 0.5  # a random N(0, 0.02^2) head, for scale
+    assert lp["head_norm"]["weight_norm"] > 5 * init_norm
+    assert 0.0 <= lp["calibration"]["ece"] <= 1.0 and lp["fdr"]["n"] == 100
+    assert diagnostics(resumed) == [lp, ft1, ft2]  # phi0 of the FT stage came from the state

@@ -358,11 +358,16 @@ class ValidationConfig(Strict):
     PGD-``steps`` (step eps/4, random start) per threat (generalist.md §3.6). ``select`` is the
     selection score (``engine.selection``): ``clean_plus_robust`` (clean + mean robust accuracy
     over the threats, generalist.md §3.6), ``clean``, ``robust`` (mean robust accuracy) or
-    ``union`` (per sample, robust under every threat at once; multinorm.md §8).
+    ``union`` (per sample, robust under every threat at once; multinorm.md §8). ``diagnostics``
+    adds per-epoch measurements of the global model on the same split (``engine.diagnostics``:
+    head norm, feature change from the stage start, feature cosine, FDR, calibration).
     """
 
     threats: ThreatList = Field(default_factory=list)
     select: Literal["clean_plus_robust", "clean", "robust", "union"] = "clean_plus_robust"
+    diagnostics: list[
+        Literal["head_norm", "feature_change", "feature_cosine", "fdr", "calibration"]
+    ] = Field(default_factory=list)
     steps: int = Field(20, ge=1)
     n: int | None = Field(None, gt=0)
     every: int = Field(1, ge=1)

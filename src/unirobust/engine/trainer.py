@@ -33,6 +33,7 @@ from unirobust.engine.checkpoint import (
     restore_rng,
     save_train_state,
 )
+from unirobust.engine.diagnostics import EpochDiagnostics
 from unirobust.engine.distributed import DistContext
 from unirobust.engine.progress import EpochProgress
 from unirobust.engine.rundir import RunDir
@@ -99,6 +100,10 @@ class Trainer:
         self.stage_index = -1
         self.built: Built | None = None
         self.loader: Any = None
+        names = config.validation.diagnostics
+        self.diagnostics = (
+            EpochDiagnostics(names, *val_data) if names and val_data is not None else None
+        )
 
     # ----------------------------------------------------------------------------- stages
     @property
@@ -119,6 +124,8 @@ class Trainer:
         start = self.initial_model if self.built is None else self.built.merge.global_model()
         self.built, self.loader = self.build_stage(index, start, fresh)
         self.stage_index = index
+        if fresh and self.diagnostics is not None and self.ctx.is_main:
+            self.diagnostics.start_stage(self.built.merge.global_model())
 
     # ----------------------------------------------------------------------------- checkpoints
     def _state_path(self) -> Path:
@@ -145,6 +152,7 @@ class Trainer:
             "merge": self.built.merge.state_dict(),
             "generators": {n: g.get_state() for n, g in self.built.generators.items()},
             "rng": capture_rng(),
+            "diagnostics": self.diagnostics.state_dict() if self.diagnostics else {},
         }
         save_train_state(self._state_path(), state)
 
@@ -178,6 +186,8 @@ class Trainer:
         for name, generator in self.built.generators.items():
             generator.set_state(state["generators"][name])
         restore_rng(state["rng"])
+        if self.diagnostics is not None:
+            self.diagnostics.load_state_dict(state.get("diagnostics", {}))
         self.state.epoch = int(state["epoch"])
         self.state.step = int(state["step"])
         self.state.best_select = float(state["best_select"])
@@ -295,6 +305,8 @@ class Trainer:
                 select=val.select,
             )
             out["val"] = result.as_dict()
+            if self.diagnostics is not None:
+                out["val"]["diagnostics"] = self.diagnostics(model)
             if result.select > self.state.best_select:
                 self.state.best_select = result.select
                 self.state.best_epoch = epoch
