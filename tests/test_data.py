@@ -444,3 +444,19 @@ def test_shard_union_equals_global_batch(n, batch, world):
             assert torch.equal(torch.cat([p[k] for p in parts]), glob)
     with pytest.raises(ConfigError):
         full.shard(world, world)
+
+
+def test_classes_subset_is_relabelled_and_keeps_file_positions() -> None:
+    from unirobust.data import load_dataset
+
+    full = load_dataset("digits", val_size=100, seed=2)
+    part = load_dataset("digits", val_size=50, seed=2, classes=[7, 3])
+    assert part.num_classes == 2 and part.class_names == [full.class_names[7], full.class_names[3]]
+    for split in (part.train, part.val, part.test):
+        assert set(split.y.tolist()) == {0, 1}
+    # a test point keeps its original file position and its image; its label is relabelled
+    test_all = load_dataset("digits", val_size=0)
+    for pos, label in zip(part.test.indices.tolist()[:20], part.test.y.tolist()[:20], strict=True):
+        assert int(test_all.test.y[pos]) == (7, 3)[label]
+    with pytest.raises(ConfigError, match="distinct class indices"):
+        load_dataset("digits", classes=[1, 1])

@@ -410,3 +410,17 @@ def test_compat_official_keeps_the_no_decay_group_at_lr_one(tmp_path: Path, comp
     for record in _records(run):
         groups = record["group_lrs"]["natural"]
         assert groups == ([0.05, 1.0] if compat == "official" else [0.05, 0.05])
+
+
+def test_a_class_subset_run_is_evaluated_on_the_same_classes(tmp_path: Path) -> None:
+    from unirobust.engine.checkpoint import load_model
+    from unirobust.pipeline import evaluate_run
+
+    data = tiny_recipe()
+    data["data"]["classes"] = [5, 6, 7, 8, 9]
+    data["train"]["epochs"] = 1
+    run = train(validate_recipe(data), out=tmp_path / "r", progress=False)
+    model, meta = load_model(run, "last")
+    assert model.linear.out_features == 5 and meta["classes"] == [5, 6, 7, 8, 9]
+    (summary,) = evaluate_run(run, overrides={"n": 40, "checkpoints": ["last"]})
+    assert summary["n_points"] == 40

@@ -68,7 +68,12 @@ def _registered(registry: Registry[Any], value: str, where: str) -> str:
 
 
 class DataConfig(Strict):
-    """The dataset (a name in ``unirobust.data.registry.DATASETS``) and how it is split."""
+    """The dataset (a name in ``unirobust.data.registry.DATASETS``) and how it is split.
+
+    ``classes`` keeps a subset of the classes, relabelled 0..k-1 in the order given (transfer
+    tasks: pretrain on classes 0-4, fine-tune on 5-9); the exported model records it, so its
+    evaluation reads the same classes.
+    """
 
     name: str = "fashion_mnist"
     data_dir: str | None = None
@@ -77,6 +82,7 @@ class DataConfig(Strict):
     val_size: int = Field(1000, ge=0)
     batch_size: int = Field(128, gt=0)
     augment: AugmentConfig = AugmentConfig()
+    classes: list[int] | None = Field(None, min_length=1)
 
     @field_validator("name")
     @classmethod

@@ -82,6 +82,7 @@ def load_data(config: RunConfig, device: torch.device | str = "cpu"):
         val_size=d.val_size,
         seed=config.seed,
         device=device,
+        classes=d.classes,
     )
 
 
@@ -174,6 +175,7 @@ def train(
             "input_shape": list(bundle.input_shape),
             "dataset": config.data.name,
             "data_dir": config.data.data_dir,
+            "classes": config.data.classes,
             "run": config.name,
         }
         trainer = Trainer(
@@ -246,9 +248,14 @@ def evaluate_run(
     is_run = target.is_dir()
     config = load_run_config(target) if is_run else None
     base = spec or (config.eval if config else EvalConfig())
+    # asked for explicitly: by the caller's spec or an override, not by a recipe's config.yaml,
+    # which records every field (the default suite included)
+    suite_asked = "suite" in (overrides or {}) or (
+        spec is not None and "suite" in spec.model_fields_set
+    )
     spec = eval_spec(base, overrides)
     threats = list(spec.threats) or (list(config.validation.threats) if config else [])
-    if not threats and ("suite" in spec.model_fields_set or spec.union_only):
+    if not threats and (suite_asked or spec.union_only):
         raise ConfigError(
             f"robust evaluation asked for (suite {spec.suite}"
             + (", union_only" if spec.union_only else "")
@@ -290,6 +297,7 @@ def _evaluate_checkpoints(
             n_test=spec.n,
             val_size=config.data.val_size if config else 0,
             seed=config.seed if config else 0,
+            classes=meta.get("classes"),
         )
         group = spec.suite if threats else "clean"
         stem = f"{which}-{group}{'-union_only' if spec.union_only and threats else ''}"

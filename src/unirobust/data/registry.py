@@ -188,6 +188,14 @@ def _read(entry: Entry[RawData], data_dir: str | None, options: dict[str, Any]) 
     return raw
 
 
+def _check_classes(name: str, classes: list[int], num_classes: int) -> None:
+    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < num_classes]
+    if bad or not classes or len(set(classes)) != len(classes):
+        raise ConfigError(
+            f"{name}: classes {classes} must be distinct class indices in 0..{num_classes - 1}"
+        )
+
+
 def load_dataset(
     name: str,
     *,
@@ -197,6 +205,7 @@ def load_dataset(
     val_size: int = 1000,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    classes: list[int] | None = None,
     **options: Any,
 ) -> DatasetBundle:
     """Load a registered dataset into memory as float [0, 1] tensors on ``device``.
@@ -208,7 +217,9 @@ def load_dataset(
     ``image_size``, default 64; needs torchvision; ``val/`` becomes the test split), and any
     dataset registered in :data:`DATASETS`. ``options`` are the dataset's own options, validated
     by its spec. See the module docstring for how the validation split, ``n_train`` and
-    ``n_test`` are chosen.
+    ``n_test`` are chosen. ``classes`` keeps only those classes of the files, relabelled
+    0..k-1 in the order given (a transfer task: pretrain on some classes, fine-tune on others);
+    split indices stay positions in the original files.
     """
     ddir = None if data_dir is None else str(Path(data_dir).expanduser())
     entry = _entry(name)
@@ -221,7 +232,17 @@ def load_dataset(
     num_classes = len(class_names)
     if ytr.size and int(max(ytr.max(), yte.max())) >= num_classes:
         raise ConfigError(f"{canon}: labels exceed the {num_classes} class names found")
-    n_all, n_test_all = len(ytr), len(yte)
+    train_rows, test_rows_all = np.arange(len(ytr)), np.arange(len(yte))
+    if classes is not None:
+        _check_classes(canon, classes, num_classes)
+        relabel = np.full(num_classes, -1, dtype=np.int64)
+        relabel[np.asarray(classes)] = np.arange(len(classes))
+        train_rows, test_rows_all = np.flatnonzero(relabel[ytr] >= 0), np.flatnonzero(
+            relabel[yte] >= 0
+        )
+        ytr, yte = relabel[ytr], relabel[yte]
+        class_names, num_classes = [class_names[c] for c in classes], len(classes)
+    n_all, n_test_all = len(train_rows), len(test_rows_all)
 
     _check_count("val_size", val_size, 0, n_all - 1)
     _check_count("n_train", n_train, 1, n_all - val_size)
@@ -229,19 +250,20 @@ def load_dataset(
     _check_count("seed", seed, 0, 2**63 - 1)
     dev = torch.device(device)
 
-    labels = torch.from_numpy(ytr)
-    pool = np.arange(n_all)
+    labels = torch.from_numpy(ytr[train_rows])
+    pool = train_rows
     val = None
     if val_size > 0:
         val_mask = stratified_pick(labels, val_size, derive_seed(seed, _SALT_VAL), num_classes)
         val_mask_np = val_mask.numpy()
         val = _make_split(xtr, ytr, pool[val_mask_np], scale, dev)
+        labels = labels[~val_mask]
         pool = pool[~val_mask_np]
     if n_train is not None and n_train < len(pool):
-        keep = stratified_pick(labels[pool], n_train, derive_seed(seed, _SALT_TRAIN), num_classes)
+        keep = stratified_pick(labels, n_train, derive_seed(seed, _SALT_TRAIN), num_classes)
         pool = pool[keep.numpy()]
     train = _make_split(xtr, ytr, pool, scale, dev)
-    test_rows = np.arange(n_test_all if n_test is None else n_test)
+    test_rows = test_rows_all[: n_test_all if n_test is None else n_test]
     test = _make_split(xte, yte, test_rows, scale, dev)
     c, h, w = xtr.shape[1:]
     return DatasetBundle(
