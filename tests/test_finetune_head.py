@@ -185,3 +185,13 @@ def test_per_epoch_diagnostics_follow_the_stages_and_survive_resume(tmp_path: Pa
     assert lp["head_norm"]["weight_norm"] > 5 * init_norm
     assert 0.0 <= lp["calibration"]["ece"] <= 1.0 and lp["fdr"]["n"] == 100
     assert diagnostics(resumed) == [lp, ft1, ft2]  # phi0 of the FT stage came from the state
+
+
+def test_report_draws_the_diagnostics(tmp_path: Path) -> None:
+    from unirobust.report import write_report
+
+    data = tiny_recipe(validation={"threats": [], "diagnostics": ["head_norm", "calibration"]})
+    data["train"]["epochs"] = 2
+    run = train(validate_recipe(data), out=tmp_path / "r", progress=False)
+    report = write_report(run).read_text()
+    assert (run / "report" / "diagnostics.png").is_file() and "diagnostics.png" in report

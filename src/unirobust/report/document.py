@@ -8,6 +8,7 @@ from unirobust.evaluation.keys import Summary as S
 from unirobust.io import atomic_write_text
 from unirobust.report.figures import (
     _plot_corruptions,
+    _plot_diagnostics,
     _plot_eval,
     _plot_reliability,
     _plot_training,
@@ -67,7 +68,8 @@ def _render_report(run: RunRecord, figures: list[tuple[str, str]]) -> str:
 def write_report(run_dir: Path) -> Path:
     """Write ``RUN/report/report.md``, its PNG figures and ``report.html``; return the md path.
 
-    Figures: ``training_curves.png``, ``validation.png`` (if validation was logged), and per
+    Figures: ``training_curves.png``, ``validation.png`` (if validation was logged),
+    ``diagnostics.png`` (if ``validation.diagnostics`` were logged), and per
     evaluation summary ``eval_<name>.png``, ``reliability_<name>.png`` (if calibration is present)
     and ``corruptions_<name>.png`` (if corruptions are present). Missing pieces are skipped and
     said so in the markdown. ``report.html`` (next to ``report.md``) holds the same content with
@@ -76,7 +78,11 @@ def write_report(run_dir: Path) -> Path:
     run = load_run(run_dir)
     out = run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    figures: list[tuple[str, str] | None] = [_plot_training(run, out), _plot_validation(run, out)]
+    figures: list[tuple[str, str] | None] = [
+        _plot_training(run, out),
+        _plot_validation(run, out),
+        _plot_diagnostics(run, out),
+    ]
     for rec in run.summaries():
         figures.append(_plot_eval(run, rec, out))
         figures.append(_plot_reliability(run, rec, out))

@@ -185,6 +185,54 @@ def _plot_validation(run: RunRecord, out: Path) -> tuple[str, str] | None:
     return path.name, caption
 
 
+_DIAGNOSTIC_PANELS = (
+    ("head_norm", "weight_norm", "head ||V||_F"),
+    ("feature_change", "diff", "Diff(F) = mean ||phi - phi0||"),
+    ("feature_cosine", None, "mean pairwise feature cosine"),
+    ("calibration", "ece", "validation ECE (unscaled)"),
+)
+
+
+def _plot_diagnostics(run: RunRecord, out: Path) -> tuple[str, str] | None:
+    """lpft.md §3 per epoch: head norm, feature change from the stage start, cosine, ECE."""
+    epochs = [e for e in run.val_epochs if isinstance(e["val"].get("diagnostics"), Mapping)]
+    panels = [
+        (name, key, label)
+        for name, key, label in _DIAGNOSTIC_PANELS
+        if any(name in e["val"]["diagnostics"] for e in epochs)
+    ]
+    if not panels:
+        return None
+    fig, axes = _figure(1, len(panels), (3.6 * len(panels), 3.6))
+    xs = [e["epoch"] for e in epochs]
+    starts = [
+        e["epoch"]
+        for i, e in enumerate(epochs)
+        if i and e.get("stage") != epochs[i - 1].get("stage")
+    ]
+    for ax, (name, key, label) in zip(axes[0], panels, strict=True):
+        values = [e["val"]["diagnostics"].get(name) for e in epochs]
+        ys = [_num(v.get(key) if key and isinstance(v, Mapping) else v) for v in values]
+        ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o")
+        for start in starts:
+            ax.axvline(start - 0.5, color="gray", ls=":", lw=1)
+        ax.set(xlabel="epoch", title=label)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        _integer_x(ax)
+        ax.grid(alpha=0.3)
+    split = _val_split_text(run)
+    fig.suptitle(_wrap(f"Fine-tuning diagnostics per epoch — {run.name}; {split}", 100), fontsize=9)
+    path = out / "diagnostics.png"
+    _save(fig, path)
+    caption = (
+        f"Per-epoch diagnostics of the global model on the {split} (lpft.md §3): head Frobenius "
+        "norm (bias excluded), mean feature change from the model the stage started from, mean "
+        "pairwise feature cosine and unscaled ECE, as asked by `validation.diagnostics`. Dotted "
+        "lines mark stage boundaries."
+    )
+    return path.name, caption
+
+
 def _ckpt_title(run: RunRecord, rec: EvalRecord) -> str:
     return f"{run.name}, {rec.checkpoint} checkpoint ({rec.rel})"
 
