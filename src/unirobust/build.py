@@ -21,6 +21,7 @@ from unirobust.experts.expert import Expert
 from unirobust.experts.merge import MERGE_RULES, MergeContext, MergeRule
 from unirobust.experts.schedules import schedule_for
 from unirobust.experts.tensors import unwrap
+from unirobust.finetune.lora import wrap_lora
 from unirobust.objectives.base import OBJECTIVES, ObjectiveContext
 from unirobust.seeding import derive_seed
 
@@ -144,7 +145,10 @@ def build_stage(
         model = copy.deepcopy(initial_model).to(device)
         if train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        set_trainable(model, stage.trainable, stage.bn_mode)
+        if stage.trainable == "lora":
+            model = wrap_lora(model, stage.lora)
+        else:
+            set_trainable(model, stage.trainable, stage.bn_mode)
         generator = torch.Generator(device="cpu").manual_seed(
             expert_seed(config.seed, k, stage_index)
         )

@@ -35,6 +35,7 @@ from unirobust.data.registry import DATASETS
 from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
 from unirobust.finetune.head import HeadInit
+from unirobust.finetune.lora import LoraSpec
 from unirobust.models.registry import MODELS, model_spec
 from unirobust.objectives.base import OBJECTIVES
 from unirobust.objectives.natural import NaturalSpec
@@ -223,13 +224,13 @@ class DistributedConfig(Strict):
 
 
 def _check_trainable(value: str) -> str:
-    if value in ("all", "head"):
+    if value in ("all", "head", "lora"):
         return value
     try:
         re.compile(value)
     except re.error as err:
         raise ValueError(
-            f"trainable must be all, head or a regular expression over parameter names; "
+            f"trainable must be all, head, lora or a regular expression over parameter names; "
             f"{value!r} is not a valid pattern ({err})"
         ) from None
     return value
@@ -241,6 +242,8 @@ class StageFields(Strict):
     ``head_init`` sets the classifier head when the stage starts (keep, random, the ``logreg``
     linear probe, rescaling: ``finetune.head``); ``batch_size`` overrides ``data.batch_size``
     for this stage (LP-FT's stages use different batch sizes, lpft.md §1.3-§1.4).
+    ``trainable: lora`` trains LoRA adapters (``lora``: r, alpha, dropout, target_modules) and
+    a copy of the head through peft (``finetune.lora``).
     """
 
     epochs: int = Field(10, ge=1)
@@ -251,6 +254,7 @@ class StageFields(Strict):
     bn_mode: Literal["train", "frozen"] = "train"
     head_init: HeadInit = HeadInit()
     batch_size: int | None = Field(None, gt=0)
+    lora: LoraSpec = LoraSpec()
 
     @field_validator("trainable")
     @classmethod

@@ -29,6 +29,7 @@ from torch import nn
 
 from unirobust.errors import CheckpointError, UserError
 from unirobust.experts.tensors import unwrap
+from unirobust.finetune.lora import plain_model
 from unirobust.io import atomic_write as atomic_write  # re-exported
 from unirobust.io import atomic_write_bytes, check_writable_dir
 
@@ -145,7 +146,7 @@ def export_model(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None
             raise ValueError(f"export metadata needs '{key}'")
     meta = {"format": MODEL_FORMAT, "version": str(FORMAT_VERSION)}
     meta.update({k: json.dumps(v) for k, v in metadata.items()})
-    tensors = {k: v.cpu() for k, v in model_state(model).items()}
+    tensors = {k: v.cpu() for k, v in model_state(plain_model(model)).items()}
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 

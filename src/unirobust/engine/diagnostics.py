@@ -31,6 +31,7 @@ from unirobust.analysis.features import (
     head_norms,
 )
 from unirobust.errors import CheckpointError
+from unirobust.finetune.head import head_of
 from unirobust.models import batched_logits
 
 DIAGNOSTICS: tuple[str, ...] = (
@@ -63,7 +64,7 @@ class EpochDiagnostics:
         needs_phi = {"feature_change", "feature_cosine", "fdr"} & set(self.names)
         phi = self._features(model) if needs_phi else None
         if "head_norm" in self.names:
-            out["head_norm"] = head_norms(model.head)
+            out["head_norm"] = head_norms(head_of(model))
         if "feature_change" in self.names and self.phi0 is not None:
             out["feature_change"] = feature_change(phi, self.phi0.double())
         if "feature_cosine" in self.names:

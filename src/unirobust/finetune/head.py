@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from unirobust.analysis.features import extract_features
 from unirobust.errors import ConfigError
 from unirobust.experts.tensors import unwrap
+from unirobust.finetune.lora import is_peft_model
 from unirobust.schema import Strict
 
 __all__ = ["HeadInit", "apply_head_init", "fit_logreg", "head_of"]
@@ -55,7 +56,11 @@ class HeadInit(Strict):
 def head_of(model: nn.Module) -> nn.Linear:
     """The model's linear classifier head (``head_name``), the input of which is phi."""
     inner = unwrap(model)
+    if is_peft_model(inner):
+        inner = inner.get_base_model()
     head = getattr(inner, "head", None)
+    if hasattr(head, "modules_to_save"):  # peft's trainable copy of the head (LoRA stages)
+        head = head.modules_to_save["default"]
     if not isinstance(head, nn.Linear) or not hasattr(inner, "features"):
         raise ConfigError(
             f"{type(inner).__name__} exposes no features() and linear head: a head init needs "
