@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from unirobust.attacks.context import attack_mode, loss_and_grad, resolve_generator
-from unirobust.attacks.pgd import ce_loss, check_count, check_threat
+from unirobust.attacks.pgd import ce_loss, check_count, threats_by_norm
 from unirobust.errors import ConfigError
 from unirobust.threats import ThreatModel
 
@@ -59,17 +59,7 @@ def msd(
     unblocked coordinates, followed by the exact l1-box projection. Returns x + the best delta seen
     over the iterations (strict >; the clean point itself is not a candidate), detached.
     """
-    by_norm: dict[str, ThreatModel] = {}
-    for t in threats:
-        t = check_threat(t)
-        if t.norm in by_norm:
-            raise ConfigError(f"msd got two {t.norm} threats ({by_norm[t.norm]} and {t})")
-        by_norm[t.norm] = t
-    missing = [n for n in ("linf", "l2", "l1") if n not in by_norm]
-    if missing:
-        raise ConfigError(
-            f"msd needs one linf, one l2 and one l1 threat; missing {', '.join(missing)}"
-        )
+    by_norm = threats_by_norm(threats, ("linf", "l2", "l1"), "msd")
     n_iter = check_count("n_iter", n_iter, 0)
     steps = dict(DEFAULT_MSD_STEPS)
     for key, value in (step_sizes or {}).items():

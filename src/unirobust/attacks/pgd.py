@@ -8,7 +8,7 @@ The default run does exactly ``steps`` forward+gradient evaluations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ __all__ = [
     "pgd_default_step",
     "quarter_step",
     "resolve_loss",
+    "threats_by_norm",
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -89,6 +90,26 @@ def check_threat(threat: object) -> ThreatModel:
             f"threat must be a ThreatModel (e.g. parse_threat('linf:8/255')), got {threat!r}"
         )
     return threat
+
+
+def threats_by_norm(
+    threats: Iterable[object], required: Sequence[str] = (), who: str = "this method"
+) -> dict[str, ThreatModel]:
+    """``{norm: threat}`` in the order given: one threat per norm, at least one, and every norm
+    in ``required`` present; otherwise a one-line ConfigError naming ``who``."""
+    out: dict[str, ThreatModel] = {}
+    for threat in map(check_threat, threats):
+        if threat.norm in out:
+            raise ConfigError(f"{who} got two {threat.norm} threats ({out[threat.norm]}, {threat})")
+        out[threat.norm] = threat
+    if not out:
+        raise ConfigError(f"{who} needs at least one threat")
+    missing = [n for n in required if n not in out]
+    if missing:
+        raise ConfigError(
+            f"{who} needs one {', one '.join(required)} threat; missing {', '.join(missing)}"
+        )
+    return out
 
 
 def check_count(name: str, value: object, minimum: int) -> int:

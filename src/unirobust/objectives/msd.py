@@ -11,8 +11,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from unirobust.attacks.msd import msd
-from unirobust.attacks.pgd import check_count
-from unirobust.errors import ConfigError
+from unirobust.attacks.pgd import check_count, threats_by_norm
 from unirobust.objectives.base import (
     OBJECTIVES,
     Objective,
@@ -38,12 +37,7 @@ class MsdSpec(Spec):
 
     @model_validator(mode="after")
     def _check_threats(self) -> MsdSpec:
-        given = by_norm(self.threats)
-        missing = [n for n in ("linf", "l2", "l1") if n not in given]
-        if missing:
-            raise ConfigError(
-                f"msd needs one linf, one l2 and one l1 threat; missing {', '.join(missing)}"
-            )
+        threats_by_norm(self.threats, ("linf", "l2", "l1"), "msd")
         return self
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from unirobust.attacks.apgd import ApgdTrainResult, apgd_train
 from unirobust.attacks.context import resolve_generator
-from unirobust.attacks.pgd import check_count, check_threat
+from unirobust.attacks.pgd import check_count, threats_by_norm
 from unirobust.errors import ConfigError
 from unirobust.objectives.base import Metric, Objective, ObjectiveOutput, scored
 from unirobust.schema import Spec, Threat
@@ -55,15 +55,7 @@ MAX_TIE_ORDER: tuple[str, ...] = ("linf", "l1", "l2")  # §5 MAX: ties go to the
 
 def by_norm(threats: Iterable[ThreatModel]) -> dict[str, ThreatModel]:
     """``{norm: threat}`` in the order given; two threats of one norm are a config error."""
-    out: dict[str, ThreatModel] = {}
-    for threat in threats:
-        threat = check_threat(threat)
-        if threat.norm in out:
-            raise ConfigError(f"two {threat.norm} threats given ({out[threat.norm]} and {threat})")
-        out[threat.norm] = threat
-    if not out:
-        raise ConfigError("at least one threat is needed")
-    return out
+    return threats_by_norm(threats, who="a multi-norm objective")
 
 
 def resolve_steps(steps: int | Mapping[str, int], norms: Sequence[str]) -> dict[str, int]:
