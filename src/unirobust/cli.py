@@ -330,7 +330,7 @@ def _demo_plan(configs: list[Any]) -> str:
     first = configs[0]
     d, ev = first.data, first.eval
     threats = ", ".join(str(t).replace(":", " eps ") for t in ev.threats) or "no threat"
-    points = f"the first {ev.n} test points" if ev.n else "every test point"
+    points = f"first {ev.n} test points" if ev.n else "full test set"
     methods = ", ".join(c.name for c in configs)
     return (
         f"unirobust demo: {methods} compared on one budget — {d.name}, {first.model.name}, "
