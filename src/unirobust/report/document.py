@@ -6,6 +6,7 @@ from pathlib import Path
 
 from unirobust.evaluation.keys import Summary as S
 from unirobust.io import atomic_write_text
+from unirobust.report.examples import plot_examples
 from unirobust.report.figures import (
     _plot_corruptions,
     _plot_eval,
@@ -13,7 +14,6 @@ from unirobust.report.figures import (
     _plot_training,
     _plot_validation,
 )
-from unirobust.report.examples import plot_examples
 from unirobust.report.fmt import UNION_NOTE
 from unirobust.report.html import write_html
 from unirobust.report.runs import RunRecord, load_run
