@@ -79,8 +79,9 @@ class AutoAttackOutput:
     """Result of one cascade: ``robust`` flags plus, per attack, the points it broke first.
 
     ``x_adv`` holds each point's final adversarial input: the (feasible) point returned by the
-    attack that broke it, or by the last attack that ran on it; a point no attack ran on (clean
-    misclassified, ε = 0) keeps its clean input."""
+    attack that broke it, or by the last attack that ran on it (pyautoattack returns the clean
+    input for a point it fails on); a point no attack ran on (clean misclassified, ε = 0) keeps
+    its clean input."""
 
     robust: torch.Tensor
     clean_correct: torch.Tensor

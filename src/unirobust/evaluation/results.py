@@ -72,7 +72,8 @@ class AdvExamples:
         indices, labels: original dataset indices and true labels (int64, length k).
         pred: the model's prediction on the adversarial input (int64, length k).
         x, x_adv: clean and final adversarial inputs (float32, k x C x H x W): the input that
-            broke the point, or for a robust point the last attack's try.
+            broke the point, or for a robust point what the last attack returned (AutoAttack
+            returns the clean input when it fails, the ``fast`` suite its last iterate).
     """
 
     indices: np.ndarray

@@ -85,7 +85,9 @@ def _draw(ex: AdvExamples, spec: str, names: Sequence[str] | None, title: str) -
             color="tab:red" if fooled else "tab:green",
         )
         _image(axes[2][j], delta[j], scale)
-        axes[2][j].set_title(f"{norm} = {_norm(delta[j], norm):.3g}", fontsize=8)
+        size = _norm(delta[j], norm)
+        text = f"{norm} = {size:.3g}" if size > 0 or fooled else "none returned"
+        axes[2][j].set_title(text, fontsize=8)
     for row, name in enumerate(_ROWS):
         text = f"{name}\n(±{scale:.3g})" if name == "perturbation" else name
         axes[row][0].set_ylabel(text, fontsize=9)
@@ -132,7 +134,9 @@ def plot_examples(run: RunRecord, rec: EvalRecord, out: Path) -> list[tuple[str,
             f"indices {indices}). Top: clean image and true label; middle: the final adversarial "
             "input and the model's prediction on it (red: fooled, green: still correct); bottom: "
             f"the perturbation (adversarial − clean) on a colour scale of ±{scale:.3g} "
-            f"({shades}), with its {norm} norm. {fooled} of {len(ex)} fooled."
+            f"({shades}), with its {norm} norm; for a point the attack failed on, what the suite "
+            "returned (AutoAttack returns the clean image, so no perturbation: 'none returned'). "
+            f"{fooled} of {len(ex)} fooled."
         )
         figures.append((path.name, caption))
     return figures
