@@ -151,7 +151,10 @@ def test_demo_compares_three_methods_on_the_same_points(tmp_path):
     comparison = tmp_path / "demo" / "comparison" / "comparison.md"
     assert f"comparison: {comparison.with_suffix('.html')}" in result.output
     assert (comparison.parent / "tradeoff.png").read_bytes()[:8] == PNG
-    rows = _table_rows(comparison.read_text())
+    text = comparison.read_text()
+    assert "under linf eps 0.1 on the same first 20 test points" in text.split("|", 1)[0]
+    assert "`../fmnist-demo-pgd-at/report/report.html`" in text
+    rows = _table_rows(text)
     assert sorted(rows) == sorted(DEMO_RECIPES)
     for name in DEMO_RECIPES:
         run = tmp_path / "demo" / name

@@ -325,7 +325,7 @@ def recipes(
 DEMO_RECIPES = ("fmnist-demo-natural", "fmnist-demo-pgd-at", "fmnist-demo-generalist")
 
 
-def _demo_plan(configs: list[Any]) -> str:
+def _demo_plan(configs: list[Any], sep: str = "\n") -> str:
     """What the demo compares, on which budget and on which test points (from the recipes)."""
     first = configs[0]
     d, ev = first.data, first.eval
@@ -333,11 +333,10 @@ def _demo_plan(configs: list[Any]) -> str:
     points = f"first {ev.n} test points" if ev.n else "full test set"
     methods = ", ".join(c.name for c in configs)
     return (
-        f"unirobust demo: {methods} compared on one budget — {d.name}, {first.model.name}, "
+        f"{methods} compared on one budget — {d.name}, {first.model.name}, "
         f"{d.n_train or 'all'} training images, {first.train.epochs} epochs, batch {d.batch_size}, "
-        f"seed {first.seed}.\nEach is evaluated with AutoAttack (suite {ev.suite}) under "
-        f"{threats} on the same {points}, checkpoint {ev.checkpoints[0]}; "
-        "then one comparison report (table + clean-vs-robust trade-off plot) and a report per run."
+        f"seed {first.seed}.{sep}Each is evaluated with AutoAttack (suite {ev.suite}) under "
+        f"{threats} on the same {points}, checkpoint {ev.checkpoints[0]}."
     )
 
 
@@ -374,7 +373,8 @@ def demo(
         check_writable_dir(target)
         configs = [load_recipe(resolve_recipe(name), set_ or []) for name in DEMO_RECIPES]
         show = not (quiet if quiet is not None else _quiet_default())
-        out.print(_demo_plan(configs), highlight=False)
+        then = "Then one comparison report (table + clean-vs-robust plot) and a report per run."
+        out.print(f"unirobust demo: {_demo_plan(configs)}\n{then}", highlight=False)
         start = time.perf_counter()
         run_dirs = []
         for i, config in enumerate(configs, start=1):
@@ -385,12 +385,20 @@ def demo(
             _finish(run_dirs[-1], evaluate=True)
         checkpoint = configs[0].eval.checkpoints[0]
         title = "Demo: natural training vs PGD-AT vs Generalist"
-        path = compare_runs(run_dirs, target / "comparison", checkpoint=checkpoint, title=title)
+        reports = [f"`../{d.name}/report/report.html`" for d in run_dirs]
+        intro = _demo_plan(configs, " ") + (
+            "\n\nEach run's own report, with training curves and adversarial examples: "
+            + ", ".join(reports)
+            + "."
+        )
+        path = compare_runs(
+            run_dirs, target / "comparison", checkpoint=checkpoint, title=title, intro=intro
+        )
         out.print(f"\n{title}\n{_first_table(path.read_text())}", highlight=False)
-        reports = "\n".join(f"  {d / 'report' / 'report.html'}" for d in run_dirs)
+        listing = "\n".join(f"  {d / 'report' / 'report.html'}" for d in run_dirs)
         out.print(
             f"comparison: {path.with_suffix('.html')}\n(markdown: {path})\n"
-            f"run reports (with adversarial examples):\n{reports}\n"
+            f"run reports (with adversarial examples):\n{listing}\n"
             f"demo finished in {time.perf_counter() - start:.0f} s",
             highlight=False,
         )

@@ -58,7 +58,8 @@ class SuiteOutput:
 
     ``x_adv`` (optional): each point's final adversarial input (the one that broke it, else what
     the last attack returned, which for AutoAttack is the clean input; clean if no attack ran on
-    it), kept by the runner for a few points so a report can show them. ``None`` when the suite does not return inputs or no attack ran."""
+    it), kept by the runner for a few points so a report can show them. ``None`` when the suite
+    does not return inputs or no attack ran."""
 
     robust: torch.Tensor
     fooled_by: dict[str, torch.Tensor] = field(default_factory=dict)
