@@ -321,26 +321,87 @@ def recipes(
         out.print(f"{rel!s:45s} {description}", highlight=False)
 
 
+#: The demo's recipes (recipes/proxy/fmnist-demo-*.yaml): one budget and one evaluation, shared.
+DEMO_RECIPES = ("fmnist-demo-natural", "fmnist-demo-pgd-at", "fmnist-demo-generalist")
+
+
+def _demo_plan(configs: list[Any], sep: str = "\n") -> str:
+    """What the demo compares, on which budget and on which test points (from the recipes)."""
+    first = configs[0]
+    d, ev = first.data, first.eval
+    threats = ", ".join(str(t).replace(":", " eps ") for t in ev.threats) or "no threat"
+    points = f"first {ev.n} test points" if ev.n else "full test set"
+    methods = ", ".join(c.name for c in configs)
+    return (
+        f"{methods} compared on one budget — {d.name}, {first.model.name}, "
+        f"{d.n_train or 'all'} training images, {first.train.epochs} epochs, batch {d.batch_size}, "
+        f"seed {first.seed}.{sep}Each is evaluated with AutoAttack (suite {ev.suite}) under "
+        f"{threats} on the same {points}, checkpoint {ev.checkpoints[0]}."
+    )
+
+
+def _first_table(markdown: str) -> str:
+    lines = markdown.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
 @app.command()
 def demo(
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Run directory (default runs/demo-TIME).")
+        Path | None, typer.Option("--out", help="Demo directory (default runs/demo-TIME).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override for all three recipes, e.g. train.epochs=1."),
     ] = None,
     quiet: Annotated[bool | None, typer.Option(help="No progress bars.")] = None,
 ) -> None:
-    """The main job: a short Generalist run on Fashion-MNIST, AutoAttack evaluation, report."""
+    """The main job: natural training, PGD-AT and Generalist on one small Fashion-MNIST budget,
+    each evaluated with AutoAttack on the same test points, then one comparison report."""
 
     def action() -> None:
         from unirobust.config import load_recipe
+        from unirobust.engine.rundir import RunDir
+        from unirobust.io import check_writable_dir
         from unirobust.pipeline import train as run_train
+        from unirobust.report import compare_runs
 
-        config = load_recipe(resolve_recipe("fmnist-generalist-demo"))
         target = out_dir or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        RunDir.refuse_existing(target)  # before any work, so a refusal costs nothing
+        check_writable_dir(target)
+        configs = [load_recipe(resolve_recipe(name), set_ or []) for name in DEMO_RECIPES]
         show = not (quiet if quiet is not None else _quiet_default())
+        then = "Then one comparison report (table + clean-vs-robust plot) and a report per run."
+        out.print(f"unirobust demo: {_demo_plan(configs)}\n{then}", highlight=False)
         start = time.perf_counter()
-        run_dir = run_train(config, out=target, progress=show)
-        _finish(run_dir, evaluate=True)
-        out.print(f"demo finished in {time.perf_counter() - start:.0f} s", highlight=False)
+        run_dirs = []
+        for i, config in enumerate(configs, start=1):
+            out.print(
+                f"\n[{i}/{len(configs)}] {config.name}: {config.description}", highlight=False
+            )
+            run_dirs.append(run_train(config, out=target / config.name, progress=show))
+            _finish(run_dirs[-1], evaluate=True)
+        checkpoint = configs[0].eval.checkpoints[0]
+        title = "Demo: natural training vs PGD-AT vs Generalist"
+        reports = [f"`../{d.name}/report/report.html`" for d in run_dirs]
+        intro = _demo_plan(configs, " ") + (
+            "\n\nEach run's own report, with training curves and adversarial examples: "
+            + ", ".join(reports)
+            + "."
+        )
+        path = compare_runs(
+            run_dirs, target / "comparison", checkpoint=checkpoint, title=title, intro=intro
+        )
+        out.print(f"\n{title}\n{_first_table(path.read_text())}", highlight=False)
+        listing = "\n".join(f"  {d / 'report' / 'report.html'}" for d in run_dirs)
+        out.print(
+            f"comparison: {path.with_suffix('.html')}\n(markdown: {path})\n"
+            f"run reports (with adversarial examples):\n{listing}\n"
+            f"demo finished in {time.perf_counter() - start:.0f} s",
+            highlight=False,
+        )
 
     _run(action)
 

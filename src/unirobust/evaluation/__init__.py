@@ -6,7 +6,8 @@ recomputed from the table (:func:`summarize`, keys in :mod:`~unirobust.evaluatio
 * ``clean`` -- :func:`clean_logits`: float32 logits of every point, kept in the table.
 * ``threats``/``union`` -- :func:`evaluate`: the clean pass, then an attack suite per threat
   (:data:`SUITES`: ``aa-standard``, ``aa-apgd``, ``fast``), resumable, union-only mode; with no
-  threats it returns the clean table. Union is a per-sample AND recomputed from the table.
+  threats it returns the clean table. Union is a per-sample AND recomputed from the table. The
+  first attacked points' adversarial inputs are kept (:class:`AdvExamples`) for figures.
 * ``calibration`` -- :func:`add_calibration`: ECE/MCE/NLL/Brier/reliability bins from the stored
   logits; temperature fitted on stored validation logits only.
 * ``corruptions`` -- :func:`add_corruptions`: per-sample correctness on ImageNet-C style
@@ -30,7 +31,14 @@ from unirobust.evaluation.corruptions import (
     corruption_summary,
     evaluate_corruptions,
 )
-from unirobust.evaluation.results import NOT_ATTACKED, EvalResults, describe_points, model_hash
+from unirobust.evaluation.results import (
+    NOT_ATTACKED,
+    AdvExamples,
+    EvalResults,
+    describe_points,
+    load_examples,
+    model_hash,
+)
 from unirobust.evaluation.runner import UNION_ORDER, evaluate, order_threats, threat_summary
 from unirobust.evaluation.suites import SUITES, Suite, SuiteOutput, get_suite
 from unirobust.evaluation.summary import summarize
@@ -40,6 +48,7 @@ __all__ = [
     "NOT_ATTACKED",
     "SUITES",
     "UNION_ORDER",
+    "AdvExamples",
     "AutoAttackOutput",
     "EvalResults",
     "EvaluationWarning",
@@ -56,6 +65,7 @@ __all__ = [
     "evaluate",
     "evaluate_corruptions",
     "get_suite",
+    "load_examples",
     "model_hash",
     "order_threats",
     "run_autoattack",

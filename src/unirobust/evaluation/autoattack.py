@@ -76,12 +76,18 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 @dataclass
 class AutoAttackOutput:
-    """Result of one cascade: ``robust`` flags plus, per attack, the points it broke first."""
+    """Result of one cascade: ``robust`` flags plus, per attack, the points it broke first.
+
+    ``x_adv`` holds each point's final adversarial input: the (feasible) point returned by the
+    attack that broke it, or by the last attack that ran on it (pyautoattack returns the clean
+    input for a point it fails on); a point no attack ran on (clean misclassified, ε = 0) keeps
+    its clean input."""
 
     robust: torch.Tensor
     clean_correct: torch.Tensor
     fooled_by: dict[str, torch.Tensor] = field(default_factory=dict)
     n_projected: int = 0
+    x_adv: torch.Tensor | None = None
 
 
 def _as_threat(threat: ThreatModel | str) -> ThreatModel:
@@ -192,8 +198,9 @@ def run_autoattack_detailed(
         robust = clean_correct.clone()
         fooled_by = {a: torch.zeros_like(robust) for a in attacks}
         n_projected = 0
+        x_final = x_dev.clone()
         if threat.eps == 0 or not bool(robust.any()):
-            return _finish(robust, clean_correct, fooled_by, 0, out_device)
+            return _finish(robust, clean_correct, fooled_by, 0, out_device, x_final)
 
         to_run = list(attacks)
         for name, loss, needed in (
@@ -209,7 +216,7 @@ def run_autoattack_detailed(
                 )
                 to_run.remove(name)
         if not to_run:
-            return _finish(robust, clean_correct, fooled_by, 0, out_device)
+            return _finish(robust, clean_correct, fooled_by, 0, out_device, x_final)
 
         adversary = configure_autoattack(
             eval_model,
@@ -235,6 +242,7 @@ def run_autoattack_detailed(
                 bad = ~feasible
                 x_adv[bad] = threat.project(x_cur[bad], x_adv[bad])
                 n_projected += int(bad.sum())
+            x_final[idx] = x_adv
             # Only feasible misclassified points count (our projection is feasible by design).
             pred = batched_logits(eval_model, x_adv, batch_size).argmax(1)
             fooled = (pred != y_cur) & threat.is_feasible(x_cur, x_adv)
@@ -248,15 +256,16 @@ def run_autoattack_detailed(
                 EvaluationWarning,
                 stacklevel=2,
             )
-    return _finish(robust, clean_correct, fooled_by, n_projected, out_device)
+    return _finish(robust, clean_correct, fooled_by, n_projected, out_device, x_final)
 
 
-def _finish(robust, clean_correct, fooled_by, n_projected, device) -> AutoAttackOutput:
+def _finish(robust, clean_correct, fooled_by, n_projected, device, x_adv) -> AutoAttackOutput:
     return AutoAttackOutput(
         robust=robust.to(device),
         clean_correct=clean_correct.to(device),
         fooled_by={k: v.to(device) for k, v in fooled_by.items()},
         n_projected=n_projected,
+        x_adv=x_adv.to(device),
     )
 
 

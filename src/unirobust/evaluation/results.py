@@ -17,7 +17,9 @@ The table also keeps the clean **logits** (float32, N x classes) so calibration 
 from it, the validation logits and labels when temperature scaling is asked for (the temperature
 is fitted on them, never on the test rows), and per-sample correctness on each corrupted copy
 (``corrupted["<corruption>:<severity>"]``, bool). Every metric group of the summary is a function
-of this table (:mod:`unirobust.evaluation.summary`).
+of this table (:mod:`unirobust.evaluation.summary`). A few **adversarial examples** per threat
+(:class:`AdvExamples`: the first attacked points' clean and final adversarial inputs and the
+prediction on them) are kept beside it, for figures; no metric is computed from them.
 
 Files written by :meth:`EvalResults.save`: ``<stem>.npz`` (arrays, loadable with
 ``allow_pickle=False``) and ``<stem>.json`` (the summary; its keys are defined in
@@ -44,6 +46,7 @@ from unirobust.io import atomic_savez, atomic_write_text
 
 __all__ = [
     "NOT_ATTACKED",
+    "AdvExamples",
     "EvalResults",
     "describe_points",
     "model_hash",
@@ -56,6 +59,82 @@ _OPTIONAL_ARRAYS = ("logits", "val_logits", "val_labels")
 
 #: Value of a per-threat cell for a point that was not attacked (union-only mode).
 NOT_ATTACKED = -1
+
+#: npz keys of the adversarial examples (one stacked array each, padded rows have index -1).
+_EXAMPLE_KEYS = ("indices", "labels", "pred", "x", "x_adv")
+
+
+@dataclass
+class AdvExamples:
+    """A few adversarial examples of one threat: the first points the suite attacked.
+
+    Attributes:
+        indices, labels: original dataset indices and true labels (int64, length k).
+        pred: the model's prediction on the adversarial input (int64, length k).
+        x, x_adv: clean and final adversarial inputs (float32, k x C x H x W): the input that
+            broke the point, or for a robust point what the last attack returned (AutoAttack
+            returns the clean input when it fails, the ``fast`` suite its last iterate).
+    """
+
+    indices: np.ndarray
+    labels: np.ndarray
+    pred: np.ndarray
+    x: np.ndarray
+    x_adv: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("indices", "labels", "pred"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.int64).reshape(-1))
+        self.x = np.asarray(self.x, dtype=np.float32)
+        self.x_adv = np.asarray(self.x_adv, dtype=np.float32)
+        k = self.indices.size
+        sizes = {self.labels.size, self.pred.size, self.x.shape[0], self.x_adv.shape[0]}
+        if sizes != {k} or self.x.shape != self.x_adv.shape:
+            raise ValueError("adversarial examples: indices, labels, pred, x, x_adv disagree")
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def fooled(self) -> np.ndarray:
+        """Whether the adversarial input is misclassified (bool, length k)."""
+        return self.pred != self.labels
+
+    def take(self, keep: np.ndarray) -> AdvExamples:
+        return AdvExamples(*(getattr(self, key)[keep] for key in _EXAMPLE_KEYS))
+
+
+def _examples_arrays(examples: dict[str, AdvExamples]) -> dict[str, np.ndarray]:
+    """The examples as stacked npz arrays ``example_<key>``, padded to the largest k."""
+    if not examples:
+        return {}
+    k = max(len(e) for e in examples.values())
+    first = next(iter(examples.values()))
+    arrays: dict[str, np.ndarray] = {"example_threats": np.array(list(examples), dtype=np.str_)}
+    for key in _EXAMPLE_KEYS:
+        proto = getattr(first, key)
+        fill = -1 if key in ("indices", "labels", "pred") else 0
+        stacked = np.full((len(examples), k, *proto.shape[1:]), fill, dtype=proto.dtype)
+        for i, ex in enumerate(examples.values()):
+            stacked[i, : len(ex)] = getattr(ex, key)
+        arrays[f"example_{key}"] = stacked
+    return arrays
+
+
+def load_examples(arrays: Any) -> dict[str, AdvExamples]:
+    """Threat spec -> :class:`AdvExamples` from an npz written by :meth:`EvalResults.save` (or
+    its path); empty when the file has none (tables written before examples were kept)."""
+    if isinstance(arrays, (str, os.PathLike)):
+        with np.load(arrays, allow_pickle=False) as data:
+            return load_examples(data)
+    if "example_threats" not in arrays.files:
+        return {}
+    stacked = {key: arrays[f"example_{key}"] for key in _EXAMPLE_KEYS}
+    out = {}
+    for i, spec in enumerate(str(t) for t in arrays["example_threats"]):
+        keep = stacked["indices"][i] >= 0
+        out[spec] = AdvExamples(*(stacked[key][i][keep] for key in _EXAMPLE_KEYS))
+    return out
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -132,6 +211,7 @@ class EvalResults:
         calibration: whether the calibration group is part of the summary (needs ``logits``).
         corrupted: ``"<corruption>:<severity>"`` -> bool column, correct on the corrupted copy.
         corruption_info: how the corrupted copies were made (seed, pad mode, backend).
+        examples: threat spec -> :class:`AdvExamples` (a few points, for figures; may be empty).
     """
 
     indices: np.ndarray
@@ -155,6 +235,7 @@ class EvalResults:
     calibration: bool = False
     corrupted: dict[str, np.ndarray] = field(default_factory=dict)
     corruption_info: dict[str, Any] = field(default_factory=dict)
+    examples: dict[str, AdvExamples] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.indices = np.asarray(self.indices, dtype=np.int64).reshape(-1)
@@ -219,6 +300,9 @@ class EvalResults:
                 raise ValueError(f"corrupted[{key!r}] has {col.size} entries, expected {n}")
             corrupted[str(key)] = col
         self.corrupted = corrupted
+        unknown = sorted(set(self.examples) - set(self.threats))
+        if unknown:
+            raise ValueError(f"adversarial examples for threats not in the table: {unknown}")
 
     # ------------------------------------------------------------------ metrics
     @property
@@ -327,6 +411,11 @@ class EvalResults:
             calibration=self.calibration,
             corrupted={k: v[rows] for k, v in self.corrupted.items()},
             corruption_info=dict(self.corruption_info),
+            examples={
+                s: ex.take(np.isin(ex.indices, self.indices[rows]))
+                for s, ex in self.examples.items()
+                if s in specs
+            },
         )
 
     # ------------------------------------------------------------------ io
@@ -369,6 +458,7 @@ class EvalResults:
         for name in _OPTIONAL_ARRAYS:
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
+        arrays.update(_examples_arrays(self.examples))
         atomic_savez(npz_path, **arrays)
         atomic_write_text(json_path, json.dumps(self.summary(), indent=2, allow_nan=True) + "\n")
         return npz_path, json_path
@@ -418,5 +508,6 @@ class EvalResults:
                 calibration=Summary.CALIBRATION in meta and "logits" in optional,
                 corrupted=corrupted,
                 corruption_info={k: cor[k] for k in CORRUPTION_INFO if k in cor},
+                examples=load_examples(arrays),
                 **optional,
             )

@@ -28,6 +28,13 @@ recomputed from the stored columns, so they are identical to the uninterrupted r
 chunks are never re-attacked. A state written for a different evaluation is refused
 (``ConfigError``). The state file is kept after completion; calling again returns the finished
 results without attacking.
+
+**Adversarial examples.** When the suite returns its adversarial inputs, the first
+``n_examples`` attacked points of each threat (clean-correct, in evaluation order; usually the
+first chunk) are kept with their final adversarial input and the prediction on it, in the state
+file with the chunk that produced them (so a resumed evaluation keeps them) and in the table
+(:class:`~unirobust.evaluation.results.AdvExamples`). A state file written without them resumes
+with none for the chunks it had finished.
 """
 
 from __future__ import annotations
@@ -50,17 +57,19 @@ from unirobust.evaluation.autoattack import _fp32_model
 from unirobust.evaluation.checks import EvaluationWarning, check_black_box, run_sanity_checks
 from unirobust.evaluation.clean import clean_logits
 from unirobust.evaluation.keys import Summary
-from unirobust.evaluation.results import NOT_ATTACKED, EvalResults, model_hash
+from unirobust.evaluation.results import NOT_ATTACKED, AdvExamples, EvalResults, model_hash
 from unirobust.evaluation.suites import Suite, get_suite
 from unirobust.io import atomic_write_bytes
 from unirobust.models import model_device
 from unirobust.threats import ThreatModel, parse_threat, parse_threats
 
-__all__ = ["UNION_ORDER", "evaluate", "order_threats", "threat_summary"]
+__all__ = ["N_EXAMPLES", "UNION_ORDER", "evaluate", "order_threats", "threat_summary"]
 
 #: Attack order of union-only mode (multinorm.md §8); other norms follow.
 UNION_ORDER = ("linf", "l1", "l2")
 _STATE_VERSION = 1
+#: Adversarial examples kept per threat (the first attacked points), for the report's figures.
+N_EXAMPLES = 8
 
 ChunkCallback = Callable[[str, int, int], None]
 
@@ -103,6 +112,7 @@ class _State:
         clean_correct: np.ndarray,
         specs: list[str],
         attacks: list[str],
+        example_shape: tuple[int, ...] = (0, 0),
     ) -> None:
         n = clean_correct.size
         self.fingerprint = fingerprint
@@ -113,6 +123,22 @@ class _State:
         self.attacks = attacks
         self.fooled_counts = np.zeros((len(specs), len(attacks)), dtype=np.int64)
         self.wall_time_s = 0.0
+        # example_rows[t, j]: table row of threat t's j-th kept example, -1 for an empty slot
+        self.example_rows = np.full((len(specs), example_shape[0]), -1, dtype=np.int64)
+        self.example_pred = np.full_like(self.example_rows, -1)
+        self.example_adv = np.zeros((len(specs), *example_shape), dtype=np.float32)
+
+    def keep_examples(
+        self, t: int, rows: np.ndarray, x_adv: torch.Tensor, model: torch.nn.Module
+    ) -> None:
+        """Fill threat ``t``'s empty example slots with the first points of an attacked chunk."""
+        slots = np.nonzero(self.example_rows[t] < 0)[0][: rows.size]
+        if slots.size == 0:
+            return
+        adv = x_adv[: slots.size].detach()
+        self.example_pred[t, slots] = clean_logits(model, adv, slots.size).argmax(1).numpy()
+        self.example_adv[t, slots] = adv.to("cpu", torch.float32).numpy()
+        self.example_rows[t, slots] = rows[: slots.size]
 
     def save(self, path: Path | None) -> None:
         if path is None:
@@ -131,11 +157,20 @@ class _State:
             robust=self.robust,
             chunks_done=self.chunks_done,
             fooled_counts=self.fooled_counts,
+            example_rows=self.example_rows,
+            example_pred=self.example_pred,
+            example_adv=self.example_adv,
         )
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: Path, fingerprint: dict[str, Any], specs: list[str]) -> _State:
+    def load(
+        cls,
+        path: Path,
+        fingerprint: dict[str, Any],
+        specs: list[str],
+        example_shape: tuple[int, ...] = (0, 0),
+    ) -> _State:
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 meta = json.loads(str(arrays["meta"]))
@@ -143,6 +178,8 @@ class _State:
                 robust = arrays["robust"].astype(np.int8)
                 chunks_done = arrays["chunks_done"].astype(np.int64)
                 fooled_counts = arrays["fooled_counts"].astype(np.int64)
+                names = ("example_rows", "example_pred", "example_adv")
+                examples = [arrays[k] for k in names if k in arrays.files]
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot read evaluation state {path}: {exc}") from None
         if meta.get("version") != _STATE_VERSION or meta.get("fingerprint") != fingerprint:
@@ -152,7 +189,9 @@ class _State:
                 f"evaluation state {path} was written for a different evaluation "
                 f"(differs in: {', '.join(diff) or 'version'}); use another state_path or delete it"
             )
-        state = cls(fingerprint, clean_correct, specs, list(meta["attacks"]))
+        state = cls(fingerprint, clean_correct, specs, list(meta["attacks"]), example_shape)
+        if len(examples) == 3 and examples[2].shape == state.example_adv.shape:
+            state.example_rows, state.example_pred, state.example_adv = examples
         state.robust = robust
         state.chunks_done = chunks_done
         state.fooled_counts = fooled_counts
@@ -177,6 +216,7 @@ def evaluate(
     split: str = "test",
     on_chunk: ChunkCallback | None = None,
     sanity_checks: bool = True,
+    n_examples: int = N_EXAMPLES,
 ) -> EvalResults:
     """Evaluate ``model`` on ``(x, y)`` under every threat with an attack suite.
 
@@ -199,6 +239,7 @@ def evaluate(
             chunk has been saved (used for progress hooks and to simulate interruptions).
         sanity_checks: run :func:`~unirobust.evaluation.checks.run_sanity_checks` on the first
             batch (warnings only).
+        n_examples: adversarial examples kept per threat (see the module docstring; 0: none).
 
     Returns:
         :class:`EvalResults` with one row per point.
@@ -244,15 +285,16 @@ def evaluate(
     clean_pred = logits.argmax(dim=1)
     clean_correct = (clean_pred == y.cpu()).numpy()
 
+    example_shape = (max(0, int(n_examples)), *x.shape[1:])
     if state_file is not None and state_file.exists():
-        state = _State.load(state_file, fingerprint, specs)
+        state = _State.load(state_file, fingerprint, specs, example_shape)
         if not np.array_equal(state.clean_correct, clean_correct):
             raise ConfigError(
                 f"evaluation state {state_file}: clean predictions differ from the stored ones "
                 "(is the model stochastic?)"
             )
     else:
-        state = _State(fingerprint, clean_correct, specs, list(suite_obj.attacks))
+        state = _State(fingerprint, clean_correct, specs, list(suite_obj.attacks), example_shape)
         state.save(state_file)
 
     all_done = all(
@@ -281,6 +323,8 @@ def evaluate(
             )
             robust_rows = out.robust.detach().cpu().numpy().astype(bool)
             state.robust[t, rows] = robust_rows.astype(np.int8)
+            if out.x_adv is not None:
+                state.keep_examples(t, rows, out.x_adv, model)
             for a, name in enumerate(state.attacks):
                 if name in out.fooled_by:
                     state.fooled_counts[t, a] += int(out.fooled_by[name].sum())
@@ -323,7 +367,26 @@ def evaluate(
         union_only=bool(union_only),
         wall_time_s=float(state.wall_time_s),
         logits=logits.numpy(),
+        examples=_examples(state, specs, x, idx_np, labels),
     )
+
+
+def _examples(
+    state: _State, specs: list[str], x: torch.Tensor, indices: np.ndarray, labels: np.ndarray
+) -> dict[str, AdvExamples]:
+    out = {}
+    for t, spec in enumerate(specs):
+        kept = state.example_rows[t] >= 0
+        rows = state.example_rows[t][kept]
+        if rows.size:
+            out[spec] = AdvExamples(
+                indices=indices[rows],
+                labels=labels[rows],
+                pred=state.example_pred[t][kept],
+                x=x[torch.as_tensor(rows)].cpu().numpy(),
+                x_adv=state.example_adv[t][kept],
+            )
+    return out
 
 
 def threat_summary(table: EvalResults) -> dict[str, Any]:

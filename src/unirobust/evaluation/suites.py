@@ -54,10 +54,16 @@ __all__ = [
 
 @dataclass
 class SuiteOutput:
-    """Per-point flags for one chunk: ``robust`` and, per attack, the points that attack broke."""
+    """Per-point flags for one chunk: ``robust`` and, per attack, the points that attack broke.
+
+    ``x_adv`` (optional): each point's final adversarial input (the one that broke it, else what
+    the last attack returned, which for AutoAttack is the clean input; clean if no attack ran on
+    it), kept by the runner for a few points so a report can show them. ``None`` when the suite
+    does not return inputs or no attack ran."""
 
     robust: torch.Tensor
     fooled_by: dict[str, torch.Tensor] = field(default_factory=dict)
+    x_adv: torch.Tensor | None = None
 
 
 SuiteFn = Callable[..., SuiteOutput]
@@ -111,7 +117,7 @@ def _aa_fn(attacks: tuple[str, ...]) -> SuiteFn:
         out = run_autoattack_detailed(
             model, x, y, threat, attacks=list(attacks), seed=seed, batch_size=batch_size
         )
-        return SuiteOutput(robust=out.robust, fooled_by=out.fooled_by)
+        return SuiteOutput(robust=out.robust, fooled_by=out.fooled_by, x_adv=out.x_adv)
 
     return run
 
@@ -132,6 +138,7 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
         robust = torch.zeros(x.shape[0], dtype=torch.bool, device=device)
         fooled_ce = torch.zeros_like(robust)
         fooled_t = torch.zeros_like(robust)
+        x_final = x.clone()
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             with torch.no_grad():
@@ -145,6 +152,7 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
                 x_adv = apgd(
                     model, xb[idx], yb[idx], threat, n_iter=FAST_N_ITER, loss="ce", generator=gen
                 )
+                x_final[start + idx] = x_adv
                 ok = threat.is_feasible(xb[idx], x_adv)
                 broken = (batched_logits(model, x_adv, batch_size).argmax(1) != yb[idx]) & ok
                 alive[idx[broken]] = False
@@ -164,12 +172,14 @@ def _fast_fn(model, x, y, threat, *, seed, batch_size) -> SuiteOutput:
                     n_target_classes=min(FAST_TARGETS, n_classes - 1),
                     generator=gen,
                 )
+                x_final[start + idx] = x_adv
                 ok = threat.is_feasible(xb[idx], x_adv)
                 broken = (batched_logits(model, x_adv, batch_size).argmax(1) != yb[idx]) & ok
                 alive[idx[broken]] = False
                 fooled_t[start + idx[broken]] = True
             robust[start : start + xb.shape[0]] = alive
-    return SuiteOutput(robust=robust, fooled_by={"apgd-ce": fooled_ce, "apgd-t": fooled_t})
+    fooled_by = {"apgd-ce": fooled_ce, "apgd-t": fooled_t}
+    return SuiteOutput(robust=robust, fooled_by=fooled_by, x_adv=x_final)
 
 
 SUITES: Mapping[str, Suite] = {

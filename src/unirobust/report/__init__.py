@@ -5,7 +5,8 @@ Everything here reads back what other modules wrote into a run directory (``conf
 read through :mod:`unirobust.evaluation.keys`, the names the evaluation writes them with.
 
 Modules: :mod:`.runs` (reading a run), :mod:`.tables` (markdown tables and sections),
-:mod:`.figures` (PNG figures), :mod:`.stages` (stages and experts from ``stages.json``),
+:mod:`.figures` (PNG figures), :mod:`.examples` (adversarial-example figures from the stored
+per-sample table), :mod:`.stages` (stages and experts from ``stages.json``),
 :mod:`.compare` (multi-seed comparison), :mod:`.multinorm` (the comparison's clean / per-norm /
 union section), :mod:`.document` (the report itself), :mod:`.html` (standalone HTML copies) and
 :mod:`.fmt` (shared formatting).

@@ -65,6 +65,7 @@ def compare_runs(
     *,
     checkpoint: str = "last",
     title: str = "",
+    intro: str = "",
 ) -> Path:
     """Aggregate runs over seeds; write ``comparison.md``/``.html``/``.json`` and the figures.
 
@@ -76,7 +77,8 @@ def compare_runs(
     vs each threat); for groups evaluated under several threats also a "Multi-norm robustness"
     section with a table, ``multinorm_bars.png`` (clean / per-norm / union bars per method) and
     ``clean_vs_union.png``. ``comparison.html`` holds the same content with the figures embedded
-    (opens offline). Returns the path of ``comparison.md``.
+    (opens offline). ``intro`` (markdown) is shown under the title, e.g. what the runs share.
+    Returns the path of ``comparison.md``.
     """
     out_dir = Path(out_dir)
     runs = _load_runs(run_dirs, out_dir)
@@ -155,7 +157,7 @@ def compare_runs(
     fig_name = _plot_tradeoff(results, out_dir, checkpoint, title)
     extra = multinorm_section(results, out_dir, checkpoint, title)
     path = out_dir / "comparison.md"
-    text = _render_comparison(results, skipped, checkpoint, title, fig_name, extra)
+    text = _render_comparison(results, skipped, checkpoint, title, fig_name, extra, intro)
     atomic_write_text(path, text)
     write_html(path)
     return path
@@ -168,8 +170,10 @@ def _render_comparison(
     title: str,
     fig_name: str | None,
     extra: list[str],
+    intro: str = "",
 ) -> str:
     lines = [f"# {title or 'Comparison of runs'}", ""]
+    lines += [intro.strip(), ""] if intro.strip() else []
     lines += [
         f"Checkpoint `{checkpoint}`. Accuracies in %, mean ± sample standard deviation (ddof=1) "
         f"over seeds; `(n=k)` when only k seeds have the number. {UNION_NOTE}.",

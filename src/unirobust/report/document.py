@@ -6,6 +6,7 @@ from pathlib import Path
 
 from unirobust.evaluation.keys import Summary as S
 from unirobust.io import atomic_write_text
+from unirobust.report.examples import plot_examples
 from unirobust.report.figures import (
     _plot_corruptions,
     _plot_diagnostics,
@@ -71,7 +72,8 @@ def write_report(run_dir: Path) -> Path:
     Figures: ``training_curves.png``, ``validation.png`` (if validation was logged),
     ``diagnostics.png`` (if ``validation.diagnostics`` were logged), and per
     evaluation summary ``eval_<name>.png``, ``reliability_<name>.png`` (if calibration is present)
-    and ``corruptions_<name>.png`` (if corruptions are present). Missing pieces are skipped and
+    and ``corruptions_<name>.png`` (if corruptions are present), and per threat with stored
+    adversarial examples ``examples_<name>_<threat>.png``. Missing pieces are skipped and
     said so in the markdown. ``report.html`` (next to ``report.md``) holds the same content with
     the figures embedded as base64 PNG data URIs; it needs no other file and opens offline.
     """
@@ -87,6 +89,7 @@ def write_report(run_dir: Path) -> Path:
         figures.append(_plot_eval(run, rec, out))
         figures.append(_plot_reliability(run, rec, out))
         figures.append(_plot_corruptions(run, rec, out))
+        figures.extend(plot_examples(run, rec, out))
     path = out / "report.md"
     atomic_write_text(path, _render_report(run, [f for f in figures if f is not None]))
     write_html(path)

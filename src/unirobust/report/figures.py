@@ -462,7 +462,7 @@ def _plot_tradeoff(
         _wrap(
             f"{title or 'Clean vs robust accuracy'} — {checkpoint} checkpoint; "
             "mean ± sample std over seeds",
-            100,
+            55 * ncols,  # about what a 5.2-inch panel holds at this font size
         ),
         fontsize=10,
     )
