@@ -27,9 +27,7 @@ def test_extends_merges_sections_and_refuses_cycles(tmp_path: Path) -> None:
     base = tiny_recipe()
     (tmp_path / "_base.yaml").write_text(yaml.safe_dump(base))
     child = tmp_path / "child.yaml"
-    child.write_text(
-        "extends: _base.yaml\nname: child\ntrain: {epochs: 7}\nmodel: {options: {}}\n"
-    )
+    child.write_text("extends: _base.yaml\nname: child\ntrain: {epochs: 7}\nmodel: {options: {}}\n")
     config = load_recipe(child)
     assert config.name == "child" and config.train.epochs == 7  # merged, not replaced
     assert config.model.name == "mlp" and config.model.options == {}  # an empty mapping clears

@@ -38,6 +38,7 @@ def output_error(path: Path, err: OSError, what: str = "cannot write") -> Output
     reason = err.strerror or type(err).__name__
     return OutputError(f"{what} '{path}': {reason}")
 
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp makes 0600 files; results get the user's usual mode
 

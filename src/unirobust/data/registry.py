@@ -237,8 +237,9 @@ def load_dataset(
         _check_classes(canon, classes, num_classes)
         relabel = np.full(num_classes, -1, dtype=np.int64)
         relabel[np.asarray(classes)] = np.arange(len(classes))
-        train_rows, test_rows_all = np.flatnonzero(relabel[ytr] >= 0), np.flatnonzero(
-            relabel[yte] >= 0
+        train_rows, test_rows_all = (
+            np.flatnonzero(relabel[ytr] >= 0),
+            np.flatnonzero(relabel[yte] >= 0),
         )
         ytr, yte = relabel[ytr], relabel[yte]
         class_names, num_classes = [class_names[c] for c in classes], len(classes)
