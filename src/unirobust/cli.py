@@ -317,8 +317,9 @@ def recipes(
             description = data.get("description", "") if isinstance(data, dict) else ""
         except (yaml.YAMLError, UnicodeDecodeError, OSError):
             description = "(unreadable YAML)"
-        rel = path.relative_to(path.parents[1]) if len(path.parents) > 1 else path
-        out.print(f"{rel!s:45s} {description}", highlight=False)
+        root = next((r for r in RECIPE_ROOTS if r in path.parents), path.parent)
+        rel = path.relative_to(root)  # its stem is the name to train
+        out.print(f"{rel!s:50s} {description}", highlight=False)
 
 
 #: The demo's recipes (recipes/proxy/fmnist-demo-*.yaml): one budget and one evaluation, shared.
