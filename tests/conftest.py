@@ -11,6 +11,30 @@ import torch
 torch.set_num_threads(1)
 
 
+BN_LENET: dict[str, Any] = {
+    "name": "lenet",
+    "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True},
+}
+"""A small lenet with BatchNorm (mixing, freezing and resuming BN buffers get exercised)."""
+
+ADAMW_NO_DECAY = {"name": "adamw", "weight_decay": 0.0}
+
+
+def expert_spec(
+    name: str,
+    objective: dict[str, Any] | None = None,
+    lr: float = 0.05,
+    optimizer: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One expert of a recipe: clean CE and SGD with momentum unless told otherwise."""
+    return {
+        "name": name,
+        "objective": objective or {"name": "natural"},
+        "optimizer": optimizer or {"name": "sgd", "momentum": 0.9},
+        "lr_schedule": {"kind": "constant", "value": lr},
+    }
+
+
 def tiny_recipe(**sections: Any) -> dict[str, Any]:
     """A digits/mlp recipe; keyword arguments replace whole top-level sections."""
     recipe: dict[str, Any] = {
@@ -51,7 +75,7 @@ def generalist_tiny(**train: Any) -> dict[str, Any]:
     spec.update(train)
     # BatchNorm, so sync, mixing and resume of running stats and num_batches_tracked are exercised
     return tiny_recipe(
-        model={"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}},
+        model=BN_LENET,
         train=spec,
         validation={"threats": ["linf:0.1"], "steps": 2},
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import ADAMW_NO_DECAY, BN_LENET, expert_spec, tiny_recipe
 from sklearn.linear_model import LogisticRegressionCV
 
 from unirobust.analysis.features import extract_features
@@ -111,12 +111,7 @@ def test_staged_lp_then_ft_fits_the_head_once(tmp_path: Path, monkeypatch) -> No
         return original(*args, **kwargs)
 
     monkeypatch.setattr(head_module, "fit_logreg", counted)
-    expert = {
-        "name": "e",
-        "objective": {"name": "natural"},
-        "optimizer": {"name": "adamw", "weight_decay": 0.0},
-        "lr_schedule": {"kind": "constant", "value": 1e-3},
-    }
+    expert = expert_spec("e", lr=1e-3, optimizer=ADAMW_NO_DECAY)
     data = tiny_recipe(model={"name": "mlp", "options": {"hidden_sizes": [16]}})
     data["train"] = {
         "stages": [
@@ -145,14 +140,8 @@ def test_staged_lp_then_ft_fits_the_head_once(tmp_path: Path, monkeypatch) -> No
 
 def test_per_epoch_diagnostics_follow_the_stages_and_survive_resume(tmp_path: Path) -> None:
     """E1/E3 in miniature: LP keeps phi (Diff(F) = 0) and grows the head; FT moves phi."""
-    expert = {
-        "name": "e",
-        "objective": {"name": "natural"},
-        "optimizer": {"name": "adamw", "weight_decay": 0.0},
-        "lr_schedule": {"kind": "constant", "value": 1e-2},
-    }
-    model = {"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}}
-    data = tiny_recipe(model=model)
+    expert = expert_spec("e", lr=1e-2, optimizer=ADAMW_NO_DECAY)
+    data = tiny_recipe(model=BN_LENET)
     data["train"] = {
         "stages": [
             {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_recipe
+from conftest import ADAMW_NO_DECAY, BN_LENET, expert_spec, tiny_recipe
 
 from unirobust.config import validate_recipe
 from unirobust.engine.checkpoint import load_model, load_train_state, read_model_file
@@ -19,13 +19,8 @@ from unirobust.pipeline import train
 
 pytest.importorskip("peft")
 
-MODEL = {"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}}
-EXPERT = {
-    "name": "e",
-    "objective": {"name": "natural"},
-    "optimizer": {"name": "adamw", "weight_decay": 0.0},
-    "lr_schedule": {"kind": "constant", "value": 1e-2},
-}
+MODEL = BN_LENET
+EXPERT = expert_spec("e", lr=1e-2, optimizer=ADAMW_NO_DECAY)
 
 
 def _recipe(head_init: str = "keep", epochs: int = 2) -> dict:

@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_recipe
+from conftest import BN_LENET, expert_spec, tiny_recipe
 from pydantic import Field
 
 from unirobust.config import validate_recipe
@@ -146,16 +146,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _expert(name: str, objective: dict, lr: float = 0.05) -> dict:
-    return {
-        "name": name,
-        "objective": objective,
-        "optimizer": {"name": "sgd", "momentum": 0.9},
-        "lr_schedule": {"kind": "constant", "value": lr},
-    }
-
-
-BN_MODEL = {"name": "lenet", "options": {"channels": [4, 8], "hidden": 16, "batchnorm": True}}
+_expert = expert_spec
+BN_MODEL = BN_LENET
 
 
 # ------------------------------------------------------------------ registries

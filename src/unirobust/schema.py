@@ -49,6 +49,11 @@ class Spec(Strict):
 
     name: str
 
+    def options(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Every field but ``name`` (and ``exclude``), as validated objects (threats stay
+        ThreatModels): the keyword arguments of the plug-in's constructor."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k not in ("name", *exclude)}
+
 
 def _to_threat(value: Any) -> ThreatModel:
     if isinstance(value, ThreatModel):

@@ -198,6 +198,6 @@ def draw_index(weights: Sequence[float], generator: torch.Generator) -> int:
     return min(index, w.numel() - 1)  # u < 1, but cdf[-1] may round below 1
 
 
-def spec_kwargs(spec: Any) -> dict[str, Any]:
-    """The shared constructor arguments of a :class:`MultiNormSpec`."""
-    return {"threats": list(spec.threats), "steps": spec.steps}
+def spec_kwargs(spec: Spec) -> dict[str, Any]:
+    """The constructor arguments of a multi-norm spec: every field but ``name``."""
+    return spec.options()

@@ -49,9 +49,9 @@ class SingleThreatSpec(Spec):
     steps: int = Field(10, ge=1)
     step_size: float | None = Field(None, gt=0)
 
-    def options(self) -> dict[str, Any]:
-        """The keyword options of the objective's constructor (everything but name and threat)."""
-        return {k: getattr(self, k) for k in type(self).model_fields if k not in ("name", "threat")}
+    def options(self, exclude: tuple[str, ...] = ("threat",)) -> dict[str, Any]:
+        """The constructor's keyword options: the threat is passed on its own."""
+        return super().options(exclude)
 
 
 class PgdATSpec(SingleThreatSpec):

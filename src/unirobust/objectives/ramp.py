@@ -192,12 +192,4 @@ class Ramp(MultiNormObjective):
 @OBJECTIVES.register("ramp", RampSpec)
 def build_ramp(spec: RampSpec, ctx: ObjectiveContext) -> Objective:
     """RAMP: CE on the worse key-pair attack + lam * logit pairing (KL, MSE or cosine)."""
-    return Ramp(
-        **spec_kwargs(spec),
-        pair=spec.pair,
-        lam=spec.lam,
-        pair_loss=spec.pair_loss,
-        variant=spec.variant,
-        trades_beta=spec.trades_beta,
-        compat=spec.compat,
-    )
+    return Ramp(**spec_kwargs(spec))
