@@ -21,7 +21,7 @@ from unirobust.experts.expert import Expert
 from unirobust.experts.merge import MERGE_RULES, MergeContext, MergeRule
 from unirobust.experts.schedules import schedule_for
 from unirobust.experts.tensors import unwrap
-from unirobust.finetune.lora import wrap_lora
+from unirobust.finetune.lora import submodule, wrap_lora
 from unirobust.objectives.base import OBJECTIVES, ObjectiveContext
 from unirobust.seeding import derive_seed
 
@@ -64,7 +64,7 @@ def head_prefix(model: nn.Module) -> str:
     """The parameter-name prefix of the model's classifier head (``head_name``, e.g. ``linear``)."""
     inner = unwrap(model)
     name = getattr(inner, "head_name", None)
-    if name is None or not isinstance(getattr(inner, name, None), nn.Module):
+    if name is None or not isinstance(submodule(inner, name), nn.Module):
         raise ConfigError(
             f"trainable: head needs a model with a named head (head_name); "
             f"{type(inner).__name__} has none — use a name pattern instead"

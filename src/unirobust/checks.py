@@ -15,16 +15,59 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from unirobust.data.registry import is_text_dataset
 from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, MergeContext, check_expert_count
 from unirobust.experts.schedules import schedule_for
-from unirobust.objectives.base import OBJECTIVES, ObjectiveContext
+from unirobust.models.registry import model_inputs
+from unirobust.objectives.base import OBJECTIVES, ObjectiveContext, perturbs_inputs
 
 if TYPE_CHECKING:
     from unirobust.config import RunConfig
 
 
+def check_inputs(config: RunConfig) -> None:
+    """The model reads what the dataset gives; a text run asks for nothing made for images.
+
+    Token ids have no ball around them to attack and no pixels to corrupt or augment, so a text
+    run refuses input-perturbing objectives, threats, corruptions, augmentation and
+    channels_last (spec lpft.md §2 is image-only)."""
+    text = is_text_dataset(config.data.name)
+    model_kind = model_inputs(config.model.name)
+    if text != (model_kind == "tokens"):
+        data_kind = "token ids" if text else "images"
+        raise ConfigError(
+            f"model '{config.model.name}' reads {model_kind} but dataset '{config.data.name}' "
+            f"gives {data_kind}; text data needs a text model (hf_sequence_classifier) and "
+            "images an image model"
+        )
+    if not text:
+        return
+    for s, stage in enumerate(config.train.resolved_stages()):
+        for i, expert in enumerate(stage.experts):
+            if perturbs_inputs(expert.objective):
+                where = "train" if not config.train.stages else f"train.stages.{s}"
+                raise ConfigError(
+                    f"{where}.experts.{i}.objective: '{expert.objective.name}' attacks the "
+                    "inputs, which are token ids for a text dataset; use natural"
+                )
+    refused = {
+        "validation.threats": bool(config.validation.threats),
+        "eval.threats": bool(config.eval.threats),
+        "eval.corruptions": bool(config.eval.corruptions),
+        "data.augment": config.data.augment.crop_padding > 0 or config.data.augment.hflip,
+        "train.channels_last": config.train.channels_last,
+    }
+    for key, asked in refused.items():
+        if asked:
+            raise ConfigError(
+                f"{key}: a text dataset gives token ids, which are not attacked, corrupted or "
+                "augmented; text runs evaluate clean accuracy and calibration only"
+            )
+
+
 def check_run(config: RunConfig) -> None:
+    check_inputs(config)
     stages = config.train.resolved_stages()
     for s, stage in enumerate(stages):
         where = "train" if not config.train.stages else f"train.stages.{s}"

@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from unirobust.attacks.pgd import quarter_step
-from unirobust.data.registry import DATASETS
+from unirobust.data.registry import DATASETS, dataset_spec
 from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
 from unirobust.finetune.head import HeadInit
@@ -73,10 +73,13 @@ class DataConfig(Strict):
 
     ``classes`` keeps a subset of the classes, relabelled 0..k-1 in the order given (transfer
     tasks: pretrain on classes 0-4, fine-tune on 5-9); the exported model records it, so its
-    evaluation reads the same classes.
+    evaluation reads the same classes. ``options`` are the dataset's own options (the ``text``
+    dataset's tokenizer, files and columns), validated by its spec at load time and recorded in
+    the exported model too.
     """
 
     name: str = "fashion_mnist"
+    options: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
     n_train: int | None = Field(None, gt=0)
     n_test: int | None = Field(None, gt=0)
@@ -89,6 +92,17 @@ class DataConfig(Strict):
     @classmethod
     def _known(cls, value: str) -> str:
         return _registered(DATASETS, value, "data.name")
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return value
+        try:
+            spec = dataset_spec(info.data["name"], value)
+        except ConfigError as err:
+            raise ConfigError(f"data.options: {err}") from None
+        return spec.model_dump(exclude={"name"}, exclude_unset=True)
 
 
 class ModelConfig(Strict):

@@ -83,6 +83,7 @@ def load_data(config: RunConfig, device: torch.device | str = "cpu"):
         seed=config.seed,
         device=device,
         classes=d.classes,
+        **d.options,
     )
 
 
@@ -175,6 +176,7 @@ def train(
             "input_shape": list(bundle.input_shape),
             "dataset": config.data.name,
             "data_dir": config.data.data_dir,
+            "data_options": config.data.options,
             "classes": config.data.classes,
             "run": config.name,
         }
@@ -262,6 +264,8 @@ def evaluate_run(
             + ") but there are no threats: pass --threats, e.g. linf:0.1,l2:1.5,l1:10, "
             "or set eval.threats in the recipe"
         )
+    if config is not None:
+        check_text_eval(config.data.name, threats, spec)
     seed = spec.seed if seed is None else int(seed)
     checkpoints = list(spec.checkpoints) if is_run else ["file"]
     out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
@@ -271,6 +275,18 @@ def evaluate_run(
             RunDir(target).remove_stale_temps()
         return _evaluate_checkpoints(
             target, is_run, config, spec, threats, seed, checkpoints, out_dir, progress
+        )
+
+
+def check_text_eval(dataset: str, threats: list, spec: EvalConfig) -> None:
+    """A text model is evaluated clean (and calibrated) only: token ids are not attacked."""
+    from unirobust.data.registry import is_text_dataset
+
+    if is_text_dataset(dataset) and (threats or spec.corruptions):
+        asked = "threats" if threats else "corruptions"
+        raise ConfigError(
+            f"{asked} asked for, but '{dataset}' is a text dataset (token ids): text models are "
+            "evaluated clean and for calibration only"
         )
 
 
@@ -291,13 +307,16 @@ def _evaluate_checkpoints(
     summaries = []
     for which in checkpoints:
         model, meta = load_model(target, which if is_run else "best")
+        dataset = meta.get("dataset", "fashion_mnist")
+        check_text_eval(dataset, threats, spec)
         bundle = load_dataset(
-            meta.get("dataset", "fashion_mnist"),
+            dataset,
             data_dir=meta.get("data_dir"),
             n_test=spec.n,
             val_size=config.data.val_size if config else 0,
             seed=config.seed if config else 0,
             classes=meta.get("classes"),
+            **(meta.get("data_options") or {}),
         )
         group = spec.suite if threats else "clean"
         stem = f"{which}-{group}{'-union_only' if spec.union_only and threats else ''}"

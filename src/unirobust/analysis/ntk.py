@@ -28,7 +28,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -223,14 +223,19 @@ class _BackboneKernel:
 
 @contextmanager
 def _eval_without_tf32(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout, BN running stats) and TF32 off; both restored (pitfall 15)."""
+    """Eval mode (no dropout, BN running stats) and TF32 off; both restored (pitfall 15).
+
+    A model with a ``functorch_mode()`` context (text models: eager attention, since SDPA has no
+    forward-mode AD rule) runs inside it."""
     was_training = model.training
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     model.eval()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    mode = getattr(model, "functorch_mode", None)
     try:
-        yield
+        with mode() if callable(mode) else nullcontext():
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
         model.train(was_training)
@@ -484,9 +489,14 @@ def ntk_decomposition(
     train_idx = select_samples(len(x_train), n_max, seed=seed)
     test_idx = None if x_test is None else select_samples(len(x_test), n_max, seed=seed + 1)
     device = head.weight.device
-    x_tr = x_train[train_idx].to(device, dtype)
+
+    def rows(x: Tensor, idx: Tensor) -> Tensor:  # images in the model's dtype; token ids as is
+        part = x[idx]
+        return part.to(device, dtype) if part.is_floating_point() else part.to(device)
+
+    x_tr = rows(x_train, train_idx)
     y_tr = torch.as_tensor(y_train)[train_idx].long().cpu()
-    x_all = x_tr if test_idx is None else torch.cat([x_tr, x_test[test_idx].to(device, dtype)])
+    x_all = x_tr if test_idx is None else torch.cat([x_tr, rows(x_test, test_idx)])
     n = len(train_idx)
     start = time.perf_counter()
     with _eval_without_tf32(model), torch.no_grad():

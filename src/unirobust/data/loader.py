@@ -79,7 +79,10 @@ class Augment:
         return AugmentParams(offsets, flip)
 
     def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
-        """Apply given parameters to a batch (vectorised; no loop over samples)."""
+        """Apply given parameters to a batch (vectorised; no loop over samples). Without any
+        (augmentation off) the batch is returned as it is, whatever it holds (token ids too)."""
+        if params.offsets is None and params.flip is None:
+            return x
         if x.ndim != 4:
             raise ValueError(f"Augment expects an (N, C, H, W) batch, got shape {tuple(x.shape)}")
         if params.offsets is not None:

@@ -9,7 +9,9 @@ built-in datasets live in :mod:`unirobust.data.sources`; a new one is one module
 
 Conventions
 -----------
-- ``Split.x`` is float32 ``(N, C, H, W)`` in [0, 1]; ``Split.y`` int64; ``Split.indices`` are the
+- ``Split.x`` is float32 ``(N, C, H, W)`` in [0, 1] for an image dataset and int64 ``(N, K, L)``
+  packed tokens for a text one (its spec's ``inputs = "tokens"``; :mod:`unirobust.data.tokens`);
+  ``Split.y`` int64; ``Split.indices`` are the
   positions of the rows in the original split file, so results on "the first N test points" can be
   reproduced and per-sample tables can be joined.
 - Validation: ``val_size`` points are held out from the *training* file, stratified by class,
@@ -27,7 +29,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -47,6 +49,8 @@ __all__ = [
     "RawData",
     "Split",
     "dataset_shape",
+    "dataset_spec",
+    "is_text_dataset",
     "list_datasets",
     "load_dataset",
     "normalization_stats",
@@ -57,16 +61,19 @@ __all__ = [
 class DatasetSpec(Spec):
     """Base of a dataset's spec: its own options as fields, and (class variables) what is known
     without reading it: ``shape`` ``(num_classes, (C, H, W))`` and ``stats`` (per-channel mean and
-    std of the training images in [0, 1], for a ``Normalize`` layer); ``None`` when unknown."""
+    std of the training images in [0, 1], for a ``Normalize`` layer); ``None`` when unknown.
+    ``inputs`` says what the loader returns: images, or packed token ids (text datasets)."""
 
     shape: ClassVar[tuple[int, tuple[int, int, int]] | None] = None
     stats: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
+    inputs: ClassVar[Literal["images", "tokens"]] = "images"
 
 
 @dataclass(frozen=True)
 class RawData:
     """A dataset's two files as its loader reads them: ``(N, C, H, W)`` images (numpy arrays or
-    CPU tensors of any numeric type; divided by ``scale`` they lie in [0, 1]), integer labels
+    CPU tensors of any numeric type; divided by ``scale`` they lie in [0, 1]) or, for a text
+    dataset, ``(N, K, L)`` packed token ids (``scale`` unused), integer labels
     ``0..len(class_names)-1`` and the class names."""
 
     x_train: Any
@@ -162,30 +169,47 @@ def _check_count(what: str, value: int | None, low: int, high: int) -> None:
 
 
 def _make_split(
-    x: np.ndarray, y: np.ndarray, rows: np.ndarray, scale: float, device: torch.device
+    x: np.ndarray, y: np.ndarray, rows: np.ndarray, scale: float | None, device: torch.device
 ) -> Split:
+    """Rows of one file; images become float [0, 1] (``scale``), tokens (``None``) stay int64."""
     xt = torch.from_numpy(np.ascontiguousarray(x[rows])).to(device)
-    xt = xt.to(torch.float32).div_(scale)
+    xt = xt.to(torch.int64) if scale is None else xt.to(torch.float32).div_(scale)
     yt = torch.from_numpy(y[rows]).to(device)
     return Split(xt, yt, torch.from_numpy(rows.astype(np.int64)).to(device))
 
 
-def _read(entry: Entry[RawData], data_dir: str | None, options: dict[str, Any]) -> RawData:
-    """Validate a dataset's own options with its spec and run its loader."""
+def dataset_spec(name: str, options: dict[str, Any]) -> DatasetSpec:
+    """A dataset's own options validated by its spec; a one-line ConfigError names a bad one."""
+    entry = _entry(name)
     try:
-        spec = entry.spec.model_validate({"name": entry.name, **options})
+        return entry.spec.model_validate({"name": entry.name, **options})  # type: ignore[return-value]
     except ValidationError as err:
         raise ConfigError(
             describe_error(err.errors()[0], entry.spec, f"dataset '{entry.name}'")
         ) from None
-    raw = entry.builder(spec, data_dir)
+
+
+def _read(entry: Entry[RawData], data_dir: str | None, options: dict[str, Any]) -> RawData:
+    """Validate a dataset's own options with its spec and run its loader."""
+    raw = entry.builder(dataset_spec(entry.name, options), data_dir)
+    tokens = _is_text(entry)
+    what, dims, ndim = ("token ids", "(N, K, L)", 3) if tokens else ("images", "(N, C, H, W)", 4)
     for part, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
-        if np.ndim(x) != 4 or len(x) != len(y):
+        if np.ndim(x) != ndim or len(x) != len(y):
             raise ConfigError(
-                f"dataset '{entry.name}': {part} images must be (N, C, H, W) with one label each, "
+                f"dataset '{entry.name}': {part} {what} must be {dims} with one label each, "
                 f"got shape {tuple(np.shape(x))} and {len(y)} labels"
             )
     return raw
+
+
+def _is_text(entry: Entry[RawData]) -> bool:
+    return getattr(entry.spec, "inputs", "images") == "tokens"
+
+
+def is_text_dataset(name: str) -> bool:
+    """Whether a registered dataset gives packed token ids (a text dataset) rather than images."""
+    return _is_text(_entry(name))
 
 
 def _check_classes(name: str, classes: list[int], num_classes: int) -> None:
@@ -228,7 +252,8 @@ def load_dataset(
     xtr, xte = np.asarray(raw.x_train), np.asarray(raw.x_test)
     ytr = np.asarray(raw.y_train, dtype=np.int64)
     yte = np.asarray(raw.y_test, dtype=np.int64)
-    class_names, scale = list(raw.class_names), float(raw.scale)
+    class_names = list(raw.class_names)
+    scale = None if _is_text(entry) else float(raw.scale)
     num_classes = len(class_names)
     if ytr.size and int(max(ytr.max(), yte.max())) >= num_classes:
         raise ConfigError(f"{canon}: labels exceed the {num_classes} class names found")
@@ -266,13 +291,12 @@ def load_dataset(
     train = _make_split(xtr, ytr, pool, scale, dev)
     test_rows = test_rows_all[: n_test_all if n_test is None else n_test]
     test = _make_split(xte, yte, test_rows, scale, dev)
-    c, h, w = xtr.shape[1:]
     return DatasetBundle(
         name=canon,
         train=train,
         val=val,
         test=test,
         num_classes=num_classes,
-        input_shape=(int(c), int(h), int(w)),
+        input_shape=tuple(int(v) for v in xtr.shape[1:]),
         class_names=list(class_names),
     )

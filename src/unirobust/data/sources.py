@@ -20,7 +20,14 @@ from pydantic import Field
 
 from unirobust.data.registry import DATASETS, DatasetSpec, RawData, stratified_pick
 
-__all__ = ["Cifar10Spec", "Cifar100Spec", "DigitsSpec", "FashionMnistSpec", "ImageFolderSpec"]
+__all__ = [
+    "Cifar10Spec",
+    "Cifar100Spec",
+    "DigitsSpec",
+    "FashionMnistSpec",
+    "ImageFolderSpec",
+    "TextSpec",
+]
 
 _DIGITS_N_TEST = 360
 
@@ -54,6 +61,27 @@ class ImageFolderSpec(DatasetSpec):
 
     name: Literal["imagefolder"] = "imagefolder"
     image_size: int = Field(64, ge=8)
+
+
+class TextSpec(DatasetSpec):
+    """Text classification files under ``data_dir`` and a tokenizer directory (``text`` extra).
+
+    ``train``/``test``: the split files (CSV, TSV, JSON Lines; the suffix may be left out) or
+    directories written by ``datasets``' ``save_to_disk``; ``text`` (and ``text_pair`` for
+    sentence pairs) and ``label`` name the columns; ``label_names`` fixes the class order;
+    every example is truncated and padded to ``max_length`` tokens (lpft.md §1.1: 128).
+    """
+
+    name: Literal["text"] = "text"
+    inputs = "tokens"
+    tokenizer: str
+    train: str = "train"
+    test: str = "test"
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    label_names: list[str] | None = Field(None, min_length=2)
+    max_length: int = Field(128, ge=2)
 
 
 @DATASETS.register("fashion_mnist", FashionMnistSpec)
@@ -100,3 +128,11 @@ def imagefolder(spec: ImageFolderSpec, data_dir: str | None) -> RawData:
     from unirobust.data.imagefolder import load_imagefolder
 
     return RawData(*load_imagefolder(data_dir, image_size=spec.image_size))
+
+
+@DATASETS.register("text", TextSpec)
+def text(spec: TextSpec, data_dir: str | None) -> RawData:
+    """Text classification (CSV, TSV, JSON Lines, save_to_disk), tokenised locally."""
+    from unirobust.data.text import load_text
+
+    return RawData(*load_text(data_dir, **spec.options()))

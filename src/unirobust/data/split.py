@@ -11,12 +11,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from unirobust.data.tokens import is_token_batch
+
 __all__ = ["DatasetBundle", "Split"]
 
 
 @dataclass(eq=False)
 class Split:
-    """One split in memory. ``x`` may be given as uint8 (0..255); it is stored as float [0, 1]."""
+    """One split in memory: images, float ``(N, C, H, W)`` in [0, 1] (uint8 0..255 is converted),
+    or packed token ids, int64 ``(N, K, L)`` (:mod:`unirobust.data.tokens`)."""
 
     x: Tensor
     y: Tensor
@@ -25,9 +28,12 @@ class Split:
     def __post_init__(self) -> None:
         if self.x.dtype == torch.uint8:
             self.x = self.x.to(torch.float32).div_(255.0)
-        if self.x.ndim != 4 or not self.x.is_floating_point():
+        if is_token_batch(self.x):
+            self.x = self.x.to(torch.int64)
+        elif self.x.ndim != 4 or not self.x.is_floating_point():
             raise ValueError(
-                f"Split.x must be float (N, C, H, W); got {self.x.dtype} {self.x.shape}"
+                "Split.x must be float (N, C, H, W) images or integer (N, K, L) tokens; got "
+                f"{self.x.dtype} {tuple(self.x.shape)}"
             )
         self.y = self.y.to(torch.int64)
         self.indices = self.indices.to(torch.int64)
@@ -40,6 +46,11 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the split holds packed tokens rather than images."""
+        return is_token_batch(self.x)
 
     def subset(self, positions: Tensor | list[int]) -> Split:
         """Rows at ``positions`` (positions in this split, not original indices)."""
@@ -57,5 +68,10 @@ class DatasetBundle:
     val: Split | None
     test: Split
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     class_names: list[str]
+
+    @property
+    def is_text(self) -> bool:
+        """Token inputs (``input_shape`` is ``(K, L)``) rather than images (``(C, H, W)``)."""
+        return self.train.is_text

@@ -24,7 +24,7 @@ from torch import nn
 from unirobust.errors import ConfigError
 from unirobust.schema import Strict
 
-__all__ = ["LoraSpec", "is_peft_model", "plain_model", "wrap_lora"]
+__all__ = ["LoraSpec", "is_peft_model", "plain_model", "submodule", "wrap_lora"]
 
 
 class LoraSpec(Strict):
@@ -55,7 +55,7 @@ def wrap_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     """The model with LoRA adapters on ``target_modules`` and a trainable head copy."""
     peft = _peft()
     head_name = getattr(model, "head_name", None)
-    head = getattr(model, head_name, None) if head_name else None
+    head = submodule(model, head_name) if head_name else None
     if not isinstance(head, nn.Linear):
         raise ConfigError(
             f"trainable: lora needs a model with a linear head (head_name); "
@@ -84,6 +84,14 @@ def wrap_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     if trainable != expected:
         raise RuntimeError(f"LoRA wrap trains {trainable} parameters, expected {expected}")
     return wrapped
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module | None:
+    """``model``'s module at a (possibly dotted) name, or None."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def plain_model(model: nn.Module) -> nn.Module:

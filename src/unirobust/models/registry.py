@@ -6,7 +6,9 @@ naming the option, the closest valid one and all of the model's options), then c
 ``builder(spec, num_classes, input_shape) -> nn.Module``. The recipe's ``model:`` section is
 validated with the same spec at load time (``config.ModelConfig``).
 
-Every model takes images in [0, 1]. Options common to all models (:class:`ModelSpec`):
+Image models take images in [0, 1]; text models (``hf_sequence_classifier``, the ``text`` extra,
+:mod:`unirobust.models.hf_text`) take packed token ids. Options common to all models
+(:class:`ModelSpec`):
 ``normalize`` (bool, default False) with ``mean``/``std`` (one value or one per channel; ignored
 unless ``normalize`` is true), which puts a :class:`~unirobust.models.normalize.Normalize` layer
 first inside the model.
@@ -28,12 +30,13 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ValidationError, create_model
 from torch import nn
 
+from unirobust.data.tokens import check_token_shape
 from unirobust.errors import ConfigError
 from unirobust.models.lenet import LeNet
 from unirobust.models.mlp import MLP
@@ -49,6 +52,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "list_models",
+    "model_inputs",
     "model_options",
     "model_spec",
     "register_model",
@@ -56,8 +60,12 @@ __all__ = [
 
 
 class ModelSpec(Spec):
-    """Options every model takes: an input ``Normalize`` layer when ``normalize`` is true."""
+    """Options every model takes: an input ``Normalize`` layer when ``normalize`` is true.
 
+    ``inputs`` (a class variable) says what the model reads: images ``(C, H, W)`` in [0, 1], or
+    packed token ids ``(K, L)`` (:mod:`unirobust.data.tokens`; text models)."""
+
+    inputs: ClassVar[Literal["images", "tokens"]] = "images"
     normalize: bool = False
     mean: float | list[float] | None = None
     std: float | list[float] | None = None
@@ -67,7 +75,7 @@ class ModelSpec(Spec):
         return make_normalize(self.normalize, self.mean, self.std, channels)
 
 
-MODELS: Registry[nn.Module] = Registry("model")
+MODELS: Registry[nn.Module] = Registry("model", modules=("unirobust.models.hf_text",))
 """Every model by name; a builder is ``(spec, num_classes, input_shape) -> nn.Module``."""
 
 _STRUCTURAL = ("num_classes", "input_shape", "normalize")
@@ -176,14 +184,23 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def model_inputs(name: str) -> str:
+    """What a registered model reads: ``"images"`` or ``"tokens"`` (see :class:`ModelSpec`)."""
+    return getattr(_entry(name).spec, "inputs", "images")
+
+
 def build_model(
-    name: str, *, num_classes: int, input_shape: tuple[int, int, int], **options: Any
+    name: str, *, num_classes: int, input_shape: tuple[int, ...], **options: Any
 ) -> nn.Module:
-    """Build a registered model. Unknown names or options raise ConfigError naming them."""
+    """Build a registered model. Unknown names or options raise ConfigError naming them.
+
+    ``input_shape`` is ``(C, H, W)`` for an image model and ``(K, L)`` for a text model."""
     spec = model_spec(name, options)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
-    return MODELS.build(spec, num_classes, _check_input_shape(input_shape))
+    tokens = getattr(spec, "inputs", "images") == "tokens"
+    shape = check_token_shape(input_shape) if tokens else _check_input_shape(input_shape)
+    return MODELS.build(spec, num_classes, shape)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -81,6 +81,12 @@ class Objective(ABC):
             )
 
 
+def perturbs_inputs(spec: Any) -> bool:
+    """Whether an objective trains on perturbed inputs (an attack): true unless its spec says
+    ``perturbs_inputs: ClassVar[bool] = False``. Token inputs allow only the others."""
+    return bool(getattr(spec, "perturbs_inputs", True))
+
+
 @dataclass(frozen=True)
 class ObjectiveContext:
     """What a builder gets besides its spec: the expert's own random stream."""

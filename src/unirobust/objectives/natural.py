@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from unirobust.schema import Spec
 class NaturalSpec(Spec):
     """Clean cross-entropy; no threat."""
 
+    perturbs_inputs: ClassVar[bool] = False
     name: Literal["natural"] = "natural"
 
 
