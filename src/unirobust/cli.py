@@ -99,7 +99,7 @@ def _finish(run_dir: Path, evaluate: bool) -> None:
 
     config = load_run_config(run_dir)
     if evaluate and config.eval.enabled:
-        summaries = evaluate_run(run_dir, config.eval, progress=True)
+        summaries = evaluate_run(run_dir, progress=True)  # the recipe's own eval block
         out.print(format_results_table(summaries), highlight=False)
     report = write_report(run_dir)
     out.print(f"run directory: {run_dir}\nreport: {report}", highlight=False)

@@ -36,6 +36,7 @@ from unirobust.errors import ConfigError
 from unirobust.experts.merge import MERGE_RULES, NoMergeSpec
 from unirobust.finetune.head import HeadInit
 from unirobust.finetune.lora import LoraSpec
+from unirobust.finetune.ntk_stage import NtkSpec
 from unirobust.models.registry import MODELS, model_spec
 from unirobust.objectives.base import OBJECTIVES
 from unirobust.objectives.natural import NaturalSpec
@@ -165,6 +166,9 @@ class GeneralistConfig(Strict):
     Attack step sizes default to eps/4 (2/255 at 8/255, §3.7). ``official_eps`` switches the l_inf
     expert to the released script's 0.031 / 0.007 for bit-level comparison (§3.7).
     ``robust_objective: trades`` makes the l_inf expert a TRADES expert (§3.2).
+    ``natural_lr_values`` gives the second expert (natural, or l_2) its own lr knots: the
+    abstract's "task-aware strategies" (issue 12 ablation). Off by default, since the released
+    code and pitfall 6 use one schedule for every expert.
     """
 
     preset: Literal["nat_linf", "linf_l2"] = "nat_linf"
@@ -177,6 +181,7 @@ class GeneralistConfig(Strict):
     linf_step_size: float | None = Field(None, gt=0)
     l2_step_size: float | None = Field(None, gt=0)
     lr_values: list[float] = Field(default_factory=lambda: [0.01, 0.01, 0.001, 0.0001])
+    natural_lr_values: list[float] | None = None
     beta_values: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0, 0.4])
     robust_weight_decay: float = Field(3.5e-3, ge=0)
     natural_weight_decay: float = Field(5e-4, ge=0)
@@ -212,8 +217,14 @@ class GeneralistConfig(Strict):
             second_name = "l2"
             objective = self._robust(self.l2, self.l2_step_size, "pgd_at")
             weight_decay = self.robust_weight_decay
+        second_lr = lr
+        if self.natural_lr_values is not None:
+            second_lr = {**timing, "values": list(self.natural_lr_values)}
         second = ExpertConfig(
-            name=second_name, objective=objective, optimizer=sgd(weight_decay), lr_schedule=lr
+            name=second_name,
+            objective=objective,
+            optimizer=sgd(weight_decay),
+            lr_schedule=second_lr,
         )
         return [first, second], {first.name: beta, second.name: one_minus}
 
@@ -257,7 +268,8 @@ class StageFields(Strict):
     linear probe, rescaling: ``finetune.head``); ``batch_size`` overrides ``data.batch_size``
     for this stage (LP-FT's stages use different batch sizes, lpft.md §1.3-§1.4).
     ``trainable: lora`` trains LoRA adapters (``lora``: r, alpha, dropout, target_modules) and
-    a copy of the head through peft (``finetune.lora``).
+    a copy of the head through peft (``finetune.lora``). ``ntk`` computes the NTK decomposition
+    of the model the stage starts from into ``RUN/ntk/<stage>.json`` (``finetune.ntk_stage``).
     """
 
     epochs: int = Field(10, ge=1)
@@ -269,6 +281,7 @@ class StageFields(Strict):
     head_init: HeadInit = HeadInit()
     batch_size: int | None = Field(None, gt=0)
     lora: LoraSpec = LoraSpec()
+    ntk: NtkSpec | None = None
 
     @field_validator("trainable")
     @classmethod
@@ -376,6 +389,13 @@ class TrainConfig(StageFields):
         return sum(s.epochs for s in self.stages) if self.stages else self.epochs
 
 
+class MembersValidation(Strict):
+    """Per-member validation (see :class:`ValidationConfig`): same threats and steps as ``val``."""
+
+    every: int = Field(1, ge=1)
+    n: int | None = Field(None, gt=0)
+
+
 class ValidationConfig(Strict):
     """Per-epoch model selection on the validation split, never the test set.
 
@@ -385,9 +405,13 @@ class ValidationConfig(Strict):
     ``union`` (per sample, robust under every threat at once; multinorm.md §8). ``diagnostics``
     adds per-epoch measurements of the global model on the same split (``engine.diagnostics``:
     head norm, feature change from the stage start, feature cosine, FDR, calibration).
+    ``members`` also validates, every ``members.every`` epochs on the first ``members.n`` points,
+    the models the global one is made of (each expert and, for ``ema_mix``, each expert's EMA;
+    issue 12), logged under ``val.members``; they play no part in the selection.
     """
 
     threats: ThreatList = Field(default_factory=list)
+    members: MembersValidation | None = None
     select: Literal["clean_plus_robust", "clean", "robust", "union"] = "clean_plus_robust"
     diagnostics: list[
         Literal["head_norm", "feature_change", "feature_cosine", "fdr", "calibration"]

@@ -36,6 +36,7 @@ from unirobust.engine.trainer import Trainer
 from unirobust.errors import CheckpointError, ConfigError
 from unirobust.evaluation.keys import Summary
 from unirobust.finetune.head import apply_head_init
+from unirobust.finetune.ntk_stage import write_stage_ntk
 from unirobust.io import atomic_write_text, check_writable_dir
 from unirobust.provenance import session_provenance
 
@@ -164,6 +165,15 @@ def train(
                 ctx.grad_sync(),
                 ctx.mix_all_reduce(),
             )
+            if fresh and stage.ntk is not None and ctx.is_main:
+                write_stage_ntk(
+                    root,
+                    stage.name,
+                    built.merge.global_model(),
+                    stage.ntk,
+                    (bundle.train.x, bundle.train.y),
+                    val_data,
+                )
             return built, loader_for(stage.batch_size or config.data.batch_size)
 
         val_data = None

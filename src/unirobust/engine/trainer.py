@@ -290,6 +290,26 @@ class Trainer:
         record.update(merge.log(local_epoch, n_iters))
         return record
 
+    def _validate_members(self, n: int | None) -> dict[str, Any]:
+        """``validation.members``: each model behind the global one, on the first ``n`` points
+        (the same seeded attack as the global model's validation); not used for selection."""
+        val = self.config.validation
+        x, y = self.val_data
+        x, y = (x, y) if n is None else (x[:n], y[:n])
+        models = self.built.merge.member_models(self.built.experts)
+        return {
+            label: validate(
+                model,
+                x,
+                y,
+                list(val.threats),
+                steps=val.steps,
+                seed=self.config.seed,
+                select=val.select,
+            ).as_dict()
+            for label, model in models.items()
+        }
+
     def _select_and_export(self, epoch: int) -> dict[str, Any]:
         """Validate G, export last (always) and best (by the validation selection score)."""
         out: dict[str, Any] = {"is_best": False}
@@ -307,6 +327,8 @@ class Trainer:
             out["val"] = result.as_dict()
             if self.diagnostics is not None:
                 out["val"]["diagnostics"] = self.diagnostics(model)
+            if val.members is not None and epoch % val.members.every == 0:
+                out["val"]["members"] = self._validate_members(val.members.n)
             if result.select > self.state.best_select:
                 self.state.best_select = result.select
                 self.state.best_epoch = epoch

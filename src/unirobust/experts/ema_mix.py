@@ -350,6 +350,13 @@ class EmaMix(MergeRule):
         self._check_ready()
         return self._ema_models[self._local.index(k)]
 
+    def member_models(self, experts: list[Expert]) -> dict[str, nn.Module]:
+        """Each local expert theta_k and its EMA E_k (``ema_<name>``), issue 12's diagnostics."""
+        self._check_ready()
+        out = super().member_models(experts)
+        out.update({f"ema_{n}": m for n, m in zip(self._names, self._ema_models, strict=True)})
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         """``{"s", "ema.{k}.{name}", "global.{name}"}``; tensors alias the live shadows (like
         ``nn.Module.state_dict``), so save or clone them before the next step."""

@@ -63,6 +63,11 @@ class MergeRule:
         """The model that is evaluated, selected, saved and exported."""
         return self._model
 
+    def member_models(self, experts: list[Expert]) -> dict[str, nn.Module]:
+        """The models behind the global one, by label, for per-member validation
+        (``validation.members``): each expert's own model; rules with shadows add theirs."""
+        return {e.name: e.model for e in experts}
+
     def log(self, epoch: int, n_iters: int) -> dict[str, Any]:
         """Values to put in the epoch's metrics record (e.g. the mix weights)."""
         return {}

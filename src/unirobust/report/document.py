@@ -17,6 +17,8 @@ from unirobust.report.figures import (
 )
 from unirobust.report.fmt import UNION_NOTE
 from unirobust.report.html import write_html
+from unirobust.report.members import plot_members
+from unirobust.report.ntk import plot_ntk
 from unirobust.report.runs import RunRecord, load_run
 from unirobust.report.tables import (
     _config_section,
@@ -70,7 +72,8 @@ def write_report(run_dir: Path) -> Path:
     """Write ``RUN/report/report.md``, its PNG figures and ``report.html``; return the md path.
 
     Figures: ``training_curves.png``, ``validation.png`` (if validation was logged),
-    ``diagnostics.png`` (if ``validation.diagnostics`` were logged), and per
+    ``diagnostics.png`` (if ``validation.diagnostics`` were logged), ``members.png`` (if
+    ``validation.members`` were logged), ``ntk.png`` (if a stage computed its NTK), and per
     evaluation summary ``eval_<name>.png``, ``reliability_<name>.png`` (if calibration is present)
     and ``corruptions_<name>.png`` (if corruptions are present), and per threat with stored
     adversarial examples ``examples_<name>_<threat>.png``. Missing pieces are skipped and
@@ -84,6 +87,8 @@ def write_report(run_dir: Path) -> Path:
         _plot_training(run, out),
         _plot_validation(run, out),
         _plot_diagnostics(run, out),
+        plot_members(run, out),
+        plot_ntk(run, out),
     ]
     for rec in run.summaries():
         figures.append(_plot_eval(run, rec, out))

@@ -45,6 +45,7 @@ class RunRecord:
     evals: list[EvalRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     stages: list[dict[str, Any]] | None = None  # from stages.json; None when the run has none
+    ntk: dict[str, dict[str, Any]] = field(default_factory=dict)  # RUN/ntk/<stage>.json by stage
 
     @property
     def name(self) -> str:
@@ -92,7 +93,22 @@ def load_run(run_dir: Path | str) -> RunRecord:
     run.epochs = [by_epoch[k] for k in sorted(by_epoch)]
     run.evals = _collect_evals(run_dir, events, run.problems)
     run.stages = _read_stages(run_dir / STAGES_FILE, run.problems)
+    run.ntk = _read_ntk(run_dir / "ntk", run.problems)
     return run
+
+
+def _read_ntk(folder: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The start-of-stage NTK reports (``finetune.ntk_stage``), by stage name."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"ntk/{path.name} could not be read ({type(exc).__name__}).")
+            continue
+        if isinstance(data, dict):
+            out[path.stem] = data
+    return out
 
 
 def _read_stages(path: Path, problems: list[str]) -> list[dict[str, Any]] | None:
