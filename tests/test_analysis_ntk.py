@@ -71,7 +71,7 @@ def _naive_grads(model: nn.Module, x: torch.Tensor, fn, names: set[str]) -> torc
                 for g, p in zip(grads, params, strict=True)
             ]
             rows.append(torch.cat(flat))
-    return torch.stack(rows).reshape(len(x), C, -1)
+    return torch.stack(rows).reshape(len(x), len(rows) // len(x), -1)
 
 
 def _naive_f(model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:

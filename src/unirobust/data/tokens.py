@@ -16,7 +16,7 @@ from torch import Tensor
 
 from unirobust.errors import ConfigError
 
-__all__ = ["FIELDS", "check_token_shape", "is_token_batch", "pack", "unpack"]
+__all__ = ["FIELDS", "check_token_shape", "float_inputs", "is_token_batch", "pack", "unpack"]
 
 #: The packed fields in order; the first two are always present.
 FIELDS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
@@ -44,6 +44,11 @@ def unpack(x: Tensor) -> dict[str, Tensor]:
 def is_token_batch(x: Tensor) -> bool:
     """Whether ``x`` holds packed tokens (an integer tensor ``[N, K, L]``) rather than images."""
     return x.ndim == 3 and not x.is_floating_point()
+
+
+def float_inputs(x: Tensor) -> Tensor:
+    """Images as float32 (evaluation's precision); token ids unchanged (they are indices)."""
+    return x if is_token_batch(x) else x.to(torch.float32)
 
 
 def check_token_shape(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unirobust.attacks.context import attack_mode, preserve_rng
+from unirobust.data.tokens import float_inputs
 from unirobust.evaluation.autoattack import _fp32_model, _no_autocast
 from unirobust.evaluation.keys import Summary
 from unirobust.models import batched_logits, model_device
@@ -27,7 +28,7 @@ def clean_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500)
     device = model_device(model)
     model = _fp32_model(model)
     with preserve_rng(), attack_mode(model), _no_autocast(device):
-        logits = batched_logits(model, x.detach().to(torch.float32), batch_size, out_device="cpu")
+        logits = batched_logits(model, float_inputs(x.detach()), batch_size, out_device="cpu")
     return logits.to(torch.float32)
 
 

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unirobust.data.tokens import float_inputs
 from unirobust.errors import ConfigError
 from unirobust.evaluation.autoattack import _fp32_model
 from unirobust.evaluation.checks import EvaluationWarning, check_black_box, run_sanity_checks
@@ -264,7 +265,7 @@ def evaluate(
 
     session_start = time.perf_counter()
     device = model_device(model)
-    x = x.detach().to(torch.float32)
+    x = float_inputs(x.detach())  # images in float32; token ids (text models) as they are
     y = y.detach().to(torch.long)
     labels = y.cpu().numpy().astype(np.int64)
 
