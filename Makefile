@@ -1,7 +1,8 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`.
 # Both create .venv if needed, install Fashion-MNIST from Debian when missing, install the CPU
 # build of torch first (so pip never pulls a CUDA build), then unirobust with its test extras
-# (corruptions, and peft for LoRA stages; peft's torch requirement is met by the CPU build).
+# (corruptions; peft for LoRA stages; text: transformers, tokenizers, peft and datasets, so the
+# text tests run). peft pulls accelerate, whose torch requirement the CPU build already meets.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,corruptions,lora]'
+	$(PY) -m pip install -q -e '.[test,corruptions,lora,text]'
 	@touch $(STAMP)
 
 demo: setup

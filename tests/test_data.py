@@ -306,7 +306,14 @@ def test_out_of_range_counts_raise_config_error(kwargs):
 def test_unknown_dataset_lists_names():
     with pytest.raises(ConfigError, match=r"cifar10.*digits.*fashion_mnist"):
         load_dataset("mnist2")
-    assert set(list_datasets()) == {"cifar10", "cifar100", "digits", "fashion_mnist", "imagefolder"}
+    assert set(list_datasets()) == {
+        "cifar10",
+        "cifar100",
+        "digits",
+        "fashion_mnist",
+        "imagefolder",
+        "text",
+    }
 
 
 @pytest.mark.skipif(torchvision_available(), reason="torchvision installed")

@@ -27,6 +27,7 @@ def test_registry_names():
         "wide_resnet",
         "wrn_28_10",
         "wrn_34_10",
+        "hf_sequence_classifier",  # the text extra's model (tests/test_text_models.py)
     }
 
 

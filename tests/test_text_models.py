@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from test_analysis_ntk import _naive_grads
 
 from unirobust.analysis.ntk import kernel_f, kernel_p, ntk_decomposition
+from unirobust.build import set_trainable
 from unirobust.data.tokens import pack
 from unirobust.engine.checkpoint import export_model, load_model
 from unirobust.errors import ConfigError
@@ -102,6 +103,13 @@ def test_keep_native_head_uses_the_input_of_the_last_linear(model_dir: Path, tok
         torch.testing.assert_close(phi, torch.tanh(dense(first)), rtol=0, atol=1e-6)
         torch.testing.assert_close(model(x), logits, rtol=0, atol=1e-6)
         torch.testing.assert_close(model.head(phi), logits, rtol=0, atol=1e-6)
+    # the dotted head name serves `trainable: head` and peft's head copy alike
+    assert set_trainable(model, "head", "train") == [
+        "network.classifier.out_proj.weight",
+        "network.classifier.out_proj.bias",
+    ]
+    wrapped = wrap_lora(model, LoraSpec(r=2))
+    assert torch.equal(head_of(wrapped).weight, ref.classifier.out_proj.weight)
 
 
 def test_loading_is_local_safetensors_only_and_complete(model_dir: Path, tmp_path: Path) -> None:

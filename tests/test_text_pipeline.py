@@ -98,3 +98,34 @@ def test_lp_lora_on_sentence_pairs_resumes_bit_exactly(model_dir: Path, tmp_path
         assert torch.equal(a[f"backbone.{name}"], pretrained[f"roberta.{name}"])  # not targeted
     query = "encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(a[f"backbone.{query}"], pretrained[f"roberta.{query}"])  # B·A merged
+
+
+def test_the_paper_rte_recipe_runs_on_local_files(model_dir: Path, tmp_path: Path) -> None:
+    # recipes/paper/lpft/roberta-rte-lp-lora.yaml with its paths pointed at the tiny model and a
+    # GLUE-style RTE folder (TSV, sentence pairs, label names), one short epoch on the CPU
+    data = tmp_path / "RTE"
+    data.mkdir()
+    names = {1: "entailment", 0: "not_entailment"}
+    for name, n, seed in (("train", 40, 0), ("dev", 8, 1)):
+        lines = ["index\tsentence1\tsentence2\tlabel"]
+        for i, r in enumerate(sentiment_rows(n, seed)):
+            lines.append(f"{i}\t{r['sentence']}\tthe film\t{names[r['label']]}")
+        (data / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    overrides = {
+        "device": "cpu",
+        "model.options.path": model_dir,
+        "data.options.tokenizer": model_dir,
+        "data.data_dir": data,
+        "data.options.max_length": 16,
+        "data.val_size": 8,
+        "train.stages.0.epochs": 1,
+    }
+    args = ["train", "roberta-rte-lp-lora", "--out", str(tmp_path / "run")]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "eval" / "best-clean.json").read_text())
+    assert summary["n_points"] == 8 and "calibration" in summary["groups"]
+    _, meta = load_model(tmp_path / "run", "best")
+    assert meta["data_options"]["label_names"] == ["entailment", "not_entailment"]

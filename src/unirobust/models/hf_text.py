@@ -140,13 +140,9 @@ class TextClassifier(nn.Module):
     def num_features(self) -> int:
         return self.head.in_features
 
-    def model_inputs(self, x: Tensor) -> dict[str, Tensor]:
-        """Keyword arguments for the transformers model; see the module docstring on masks."""
-        return model_inputs(self.backbone, x, self.pooling)
-
     def features(self, x: Tensor) -> Tensor:
         """φ: the last hidden state at the first (or last non-padding) token."""
-        hidden = self.backbone(**self.model_inputs(x)).last_hidden_state
+        hidden = self.backbone(**hf_inputs(self.backbone, x, self.pooling)).last_hidden_state
         if self.pooling == "first_token":
             return hidden[:, 0]
         mask = unpack(x)["attention_mask"]
@@ -190,19 +186,25 @@ class NativeHeadClassifier(nn.Module):
         captured: list[Tensor] = []
         hook = self.head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
         try:
-            self.network(**model_inputs(self.network, x, self.pooling))
+            self.network(**hf_inputs(self.network, x, self.pooling))
         finally:
             hook.remove()
-        return captured[-1]
+        phi = captured[-1]
+        if phi.ndim != 2:  # e.g. GPT-2's score layer runs on every position, then pools
+            raise ConfigError(
+                f"keep_native_head: the stock head of {type(self.network).__name__} sees "
+                f"{tuple(phi.shape)}, not one vector per example; use the paper's head instead"
+            )
+        return phi
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.network(**model_inputs(self.network, x, self.pooling)).logits
+        return self.network(**hf_inputs(self.network, x, self.pooling)).logits
 
     def functorch_mode(self) -> contextlib.AbstractContextManager[None]:
         return eager_attention(self.network)
 
 
-def model_inputs(model: nn.Module, x: Tensor, pooling: Pooling) -> dict[str, Tensor]:
+def hf_inputs(model: nn.Module, x: Tensor, pooling: Pooling) -> dict[str, Tensor]:
     """Unpacked tokens; for an encoder the 2D mask becomes a 4D additive one (module docstring)."""
     inputs = unpack(x)
     if pooling == "first_token":
