@@ -10,6 +10,7 @@ from conftest import tiny_recipe
 from typer.testing import CliRunner
 
 from unirobust.cli import app
+from unirobust.errors import ConfigError
 
 runner = CliRunner()
 
@@ -135,3 +136,13 @@ def test_train_with_a_clean_only_eval_block_evaluates_clean_and_calibration(tmp_
     summary = yaml.safe_load((tmp_path / "r" / "eval" / "last-clean.json").read_text())
     assert summary["n_points"] == 50 and summary["threats"] == []
     assert "ece_scaled" in summary["calibration"]
+
+
+def test_a_recipe_is_found_by_the_path_recipes_lists() -> None:
+    from unirobust.cli import resolve_recipe
+
+    by_stem = resolve_recipe("fmnist-lpft")
+    assert resolve_recipe("proxy/lpft/fmnist-lpft") == by_stem
+    assert resolve_recipe("proxy/lpft/fmnist-lpft.yaml") == by_stem
+    with pytest.raises(ConfigError, match="'proxy/fmnist-lpft' is neither a file nor a known"):
+        resolve_recipe("proxy/fmnist-lpft")

@@ -43,12 +43,24 @@ def recipe_files() -> list[Path]:
     return []
 
 
+def _recipe_keys(path: Path) -> set[str]:
+    """The names a shipped recipe answers to: its stem and its path under ``recipes/`` as
+    ``unirobust recipes`` lists it (with or without ``.yaml``)."""
+    keys = {path.stem}
+    for root in RECIPE_ROOTS:
+        if path.is_relative_to(root):
+            rel = path.relative_to(root).as_posix()
+            keys |= {rel, rel.removesuffix(".yaml")}
+    return keys
+
+
 def resolve_recipe(text: str) -> Path:
-    """A path, or a recipe name such as ``fmnist-generalist`` found under ``recipes/``."""
+    """A path, or a recipe name such as ``fmnist-generalist`` (or ``proxy/lpft/fmnist-lp``, as
+    ``unirobust recipes`` lists it) found under ``recipes/``."""
     path = Path(text)
     if path.exists():
         return path
-    matches = [p for p in recipe_files() if p.stem == text]
+    matches = [p for p in recipe_files() if text in _recipe_keys(p)]
     if len(matches) == 1:
         return matches[0]
     names = ", ".join(p.stem for p in recipe_files())
