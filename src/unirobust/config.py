@@ -431,13 +431,17 @@ class InitFrom(Strict):
 
     ``path``: a run directory (its exported ``checkpoint``), an exported ``.safetensors`` file, or
     a foreign state dict (``.pt``/``.pth``, read by the restricted importer; ``module.``-style
-    prefixes stripped). Every tensor must match the model's name and shape; the first mismatch is
-    a one-line error. ``strict: false`` leaves missing tensors (e.g. a new head) at their init.
+    prefixes stripped; a wrapped layout such as the robustness library's ``model.``/``attacker.``
+    reduced to the model's sub-dict, ``prefix`` if given, and its input normalisation checked
+    against the model's: ``engine.foreign``). Every tensor must match the model's name and shape;
+    the first mismatch is a one-line error. ``strict: false`` leaves missing tensors (e.g. a new
+    head) at their init.
     """
 
     path: str
     checkpoint: Literal["best", "last"] = "best"
     strict: bool = True
+    prefix: str | None = None
 
 
 class RunConfig(Strict):

@@ -123,7 +123,9 @@ def train(
         has_state = resume is not None and any(run.checkpoints.glob("train_state*.pt"))
         if config.init_from is not None and not has_state:
             init = config.init_from
-            tensors, source = initial_weights(init.path, init.checkpoint)
+            tensors, source = initial_weights(
+                init.path, init.checkpoint, model=initial, prefix=init.prefix
+            )
             load_weights_into(initial, tensors, source, strict=init.strict)
         if resume is None:
             if ctx.is_main:
