@@ -172,6 +172,13 @@ def eval_(
     severities: Annotated[
         str | None, typer.Option(help="Corruption severities, e.g. 1,3,5.")
     ] = None,
+    points: Annotated[
+        str | None,
+        typer.Option(
+            help="Stored test positions: imagenet-val-10k or a file (one per line); "
+            "'none': the first N."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model: clean, calibration, each threat and their union, corruptions.
 
@@ -206,6 +213,8 @@ def eval_(
         overrides = {k: v for k, v in given.items() if v is not None}
         if n is not None:
             overrides["n"] = n or None  # 0: every test point
+        if points is not None:
+            overrides["points"] = None if points == "none" else points
         summaries = evaluate_run(target, overrides=overrides, progress=True)
         out.print(format_results_table(summaries), highlight=False)
 

@@ -390,6 +390,9 @@ class EvalConfig(Strict):
     recipe's ``validation.threats``); ``calibration`` and ``corruptions`` when asked for. Setting
     ``suite`` or ``union_only`` asks for robust evaluation: without any threat that is an error.
     ``n: null`` evaluates every test point; ``seed`` seeds the attacks and the corruptions.
+    ``points`` evaluates a stored list of test positions instead of the first ``n`` (a built-in
+    name such as ``imagenet-val-10k`` or a file, one position per line; ``n`` then takes the
+    list's first ``n``): ``evaluation.points``, multinorm.md §8.
     """
 
     enabled: bool = True
@@ -403,6 +406,14 @@ class EvalConfig(Strict):
     calibration: bool = True
     corruptions: list[str] = Field(default_factory=list)
     corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    points: str | None = None
+
+    @field_validator("points")
+    @classmethod
+    def _known_points(cls, value: str | None) -> str | None:
+        from unirobust.evaluation.points import check_points_name
+
+        return None if value is None else check_points_name(value)
 
     @field_validator("corruptions")
     @classmethod
