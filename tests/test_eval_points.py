@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 from unirobust.cli import app
 from unirobust.config import EvalConfig, validate_recipe
 from unirobust.data.split import Split
+from unirobust.engine.checkpoint import import_weights
 from unirobust.errors import ConfigError
 from unirobust.evaluation import EvalResults
 from unirobust.evaluation.points import read_points, select_points
+from unirobust.models import build_model
 from unirobust.pipeline import evaluate_run, train
 
 
@@ -85,3 +87,21 @@ def test_evaluation_runs_on_the_listed_points(tmp_path: Path) -> None:
     assert EvalResults.load(run / "eval" / "last-clean.npz").indices.tolist() == listed[:3]
     result = runner.invoke(app, [*args, "--points", "imagenet-val-1k"])
     assert result.exit_code != 0 and "neither a built-in list" in result.output
+
+
+def test_evaluation_refuses_a_dataset_of_another_image_size(tmp_path: Path) -> None:
+    """A model built for 16x16 inputs is not silently evaluated on 8x8 digits (an image-folder
+    dataset read at another ``image_size`` than the weights' would otherwise run)."""
+    model = build_model("mlp", num_classes=10, input_shape=(1, 16, 16))
+    source = tmp_path / "w.pt"
+    torch.save(model.state_dict(), source)
+    out = import_weights(
+        source,
+        tmp_path / "w.safetensors",
+        model="mlp",
+        num_classes=10,
+        input_shape=(1, 16, 16),
+        dataset="digits",
+    )
+    with pytest.raises(ConfigError, match=r"built for \(1, 16, 16\) inputs but dataset 'digits'"):
+        evaluate_run(out, EvalConfig(n=10, calibration=False))

@@ -303,6 +303,11 @@ def _evaluate_checkpoints(
             seed=config.seed if config else 0,
             classes=meta.get("classes"),
         )
+        if tuple(bundle.input_shape) != tuple(meta["input_shape"]):
+            raise ConfigError(
+                f"'{meta['path']}' was built for {tuple(meta['input_shape'])} inputs but dataset "
+                f"'{bundle.name}' gives {tuple(bundle.input_shape)} images"
+            )
         if points is not None:  # multinorm.md §8: a stored list, not the first n
             bundle.test = select_points(bundle.test, points, spec.n, str(spec.points))
         group = spec.suite if threats else "clean"
