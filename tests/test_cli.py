@@ -10,6 +10,7 @@ from conftest import tiny_recipe
 from typer.testing import CliRunner
 
 from unirobust.cli import app
+from unirobust.errors import ConfigError
 
 runner = CliRunner()
 
@@ -123,3 +124,25 @@ def test_missing_dataset_leaves_no_run_directory(tmp_path: Path) -> None:
 
 def test_linf_radius_above_one_is_rejected(tmp_path: Path) -> None:
     _one_line_error(_invoke("eval", str(tmp_path), "--threats", "linf:2"), "linf:2", "[0, 1]")
+
+
+def test_train_with_a_clean_only_eval_block_evaluates_clean_and_calibration(tmp_path: Path) -> None:
+    """A recipe whose eval has no threats (a fine-tuning recipe) ends with a clean evaluation; the
+    suite recorded in config.yaml is not a request for robust evaluation."""
+    data = tiny_recipe(eval={"threats": [], "n": 50, "checkpoints": ["last"]})
+    data["train"]["epochs"] = 1
+    result = _invoke("train", str(_write(tmp_path, data)), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    summary = yaml.safe_load((tmp_path / "r" / "eval" / "last-clean.json").read_text())
+    assert summary["n_points"] == 50 and summary["threats"] == []
+    assert "ece_scaled" in summary["calibration"]
+
+
+def test_a_recipe_is_found_by_the_path_recipes_lists() -> None:
+    from unirobust.cli import resolve_recipe
+
+    by_stem = resolve_recipe("fmnist-lpft")
+    assert resolve_recipe("proxy/lpft/fmnist-lpft") == by_stem
+    assert resolve_recipe("proxy/lpft/fmnist-lpft.yaml") == by_stem
+    with pytest.raises(ConfigError, match="'proxy/fmnist-lpft' is neither a file nor a known"):
+        resolve_recipe("proxy/fmnist-lpft")

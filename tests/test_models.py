@@ -24,9 +24,11 @@ def test_registry_names():
         "mlp",
         "preact_resnet18",
         "resnet18",
+        "resnet50",
         "wide_resnet",
         "wrn_28_10",
         "wrn_34_10",
+        "xcit_s12",
         "hf_sequence_classifier",  # the text extra's model (tests/test_text_models.py)
     }
 

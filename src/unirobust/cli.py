@@ -43,12 +43,24 @@ def recipe_files() -> list[Path]:
     return []
 
 
+def _recipe_keys(path: Path) -> set[str]:
+    """The names a shipped recipe answers to: its stem and its path under ``recipes/`` as
+    ``unirobust recipes`` lists it (with or without ``.yaml``)."""
+    keys = {path.stem}
+    for root in RECIPE_ROOTS:
+        if path.is_relative_to(root):
+            rel = path.relative_to(root).as_posix()
+            keys |= {rel, rel.removesuffix(".yaml")}
+    return keys
+
+
 def resolve_recipe(text: str) -> Path:
-    """A path, or a recipe name such as ``fmnist-generalist`` found under ``recipes/``."""
+    """A path, or a recipe name such as ``fmnist-generalist`` (or ``proxy/lpft/fmnist-lp``, as
+    ``unirobust recipes`` lists it) found under ``recipes/``."""
     path = Path(text)
     if path.exists():
         return path
-    matches = [p for p in recipe_files() if p.stem == text]
+    matches = [p for p in recipe_files() if text in _recipe_keys(p)]
     if len(matches) == 1:
         return matches[0]
     names = ", ".join(p.stem for p in recipe_files())
@@ -172,6 +184,13 @@ def eval_(
     severities: Annotated[
         str | None, typer.Option(help="Corruption severities, e.g. 1,3,5.")
     ] = None,
+    points: Annotated[
+        str | None,
+        typer.Option(
+            help="Stored test positions: imagenet-val-10k or a file (one per line); "
+            "'none': the first N."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model: clean, calibration, each threat and their union, corruptions.
 
@@ -206,6 +225,8 @@ def eval_(
         overrides = {k: v for k, v in given.items() if v is not None}
         if n is not None:
             overrides["n"] = n or None  # 0: every test point
+        if points is not None:
+            overrides["points"] = None if points == "none" else points
         summaries = evaluate_run(target, overrides=overrides, progress=True)
         out.print(format_results_table(summaries), highlight=False)
 
@@ -252,6 +273,30 @@ def compare(
     _run(action)
 
 
+def _import_shape(
+    dataset: str, num_classes: int | None, image_size: int | None
+) -> tuple[int, tuple[int, int, int]]:
+    """(classes, input shape): the dataset's fixed shape, or the two options for a dataset
+    without one (imagefolder: RGB images resized to ``image_size``)."""
+    from unirobust.data import dataset_shape
+    from unirobust.data.registry import DATASETS
+
+    if num_classes is None and image_size is None:
+        return dataset_shape(dataset)
+    fixed = getattr(DATASETS.get(dataset).spec, "shape", None)  # an unknown name fails here
+    if fixed is not None:
+        raise ConfigError(
+            f"dataset '{dataset}' has a fixed shape {fixed}; --num-classes and --image-size "
+            "are only for a dataset without one (imagefolder)"
+        )
+    if num_classes is None or image_size is None or num_classes < 1 or image_size < 8:
+        raise ConfigError(
+            f"dataset '{dataset}' needs both --num-classes (>= 1) and --image-size (>= 8), "
+            f"e.g. 1000 and 224 for ImageNet; got {num_classes} and {image_size}"
+        )
+    return num_classes, (3, image_size, image_size)
+
+
 @app.command("import-weights")
 def import_weights_(
     source: Annotated[
@@ -261,22 +306,35 @@ def import_weights_(
     dataset: Annotated[str, typer.Option(help="Dataset the model was trained on, e.g. cifar10.")],
     target: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
     data_dir: Annotated[str | None, typer.Option(help="Where that dataset lives.")] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="Take the tensors under this prefix, e.g. 'model.' (default: search)."),
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(help="Classes, for a dataset without a fixed shape (imagefolder)."),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="RGB image side, for a dataset without a fixed shape (imagefolder)."),
+    ] = None,
 ) -> None:
-    """Convert foreign weights (module. prefixes stripped) so eval can attack them."""
+    """Convert foreign weights (module. prefixes stripped, wrappers such as the robustness
+    library's model./attacker. reduced to the model) so eval can attack them."""
 
     def action() -> None:
-        from unirobust.data import dataset_shape
         from unirobust.engine.checkpoint import import_weights
 
-        num_classes, shape = dataset_shape(dataset)
+        classes, shape = _import_shape(dataset, num_classes, image_size)
         path = import_weights(
             source,
             target,
             model=model,
-            num_classes=num_classes,
+            num_classes=classes,
             input_shape=shape,
             dataset=dataset,
             data_dir=data_dir,
+            prefix=prefix,
         )
         out.print(f"wrote {path}; evaluate it with: unirobust eval {path} --threats ...")
 

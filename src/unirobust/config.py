@@ -428,6 +428,9 @@ class EvalConfig(Strict):
     recipe's ``validation.threats``); ``calibration`` and ``corruptions`` when asked for. Setting
     ``suite`` or ``union_only`` asks for robust evaluation: without any threat that is an error.
     ``n: null`` evaluates every test point; ``seed`` seeds the attacks and the corruptions.
+    ``points`` evaluates a stored list of test positions instead of the first ``n`` (a built-in
+    name such as ``imagenet-val-10k`` or a file, one position per line; ``n`` then takes the
+    list's first ``n``): ``evaluation.points``, multinorm.md §8.
     """
 
     enabled: bool = True
@@ -441,6 +444,14 @@ class EvalConfig(Strict):
     calibration: bool = True
     corruptions: list[str] = Field(default_factory=list)
     corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    points: str | None = None
+
+    @field_validator("points")
+    @classmethod
+    def _known_points(cls, value: str | None) -> str | None:
+        from unirobust.evaluation.points import check_points_name
+
+        return None if value is None else check_points_name(value)
 
     @field_validator("corruptions")
     @classmethod
@@ -469,13 +480,17 @@ class InitFrom(Strict):
 
     ``path``: a run directory (its exported ``checkpoint``), an exported ``.safetensors`` file, or
     a foreign state dict (``.pt``/``.pth``, read by the restricted importer; ``module.``-style
-    prefixes stripped). Every tensor must match the model's name and shape; the first mismatch is
-    a one-line error. ``strict: false`` leaves missing tensors (e.g. a new head) at their init.
+    prefixes stripped; a wrapped layout such as the robustness library's ``model.``/``attacker.``
+    reduced to the model's sub-dict, ``prefix`` if given, and its input normalisation checked
+    against the model's: ``engine.foreign``). Every tensor must match the model's name and shape;
+    the first mismatch is a one-line error. ``strict: false`` leaves missing tensors (e.g. a new
+    head) at their init.
     """
 
     path: str
     checkpoint: Literal["best", "last"] = "best"
     strict: bool = True
+    prefix: str | None = None
 
 
 class RunConfig(Strict):

@@ -125,7 +125,9 @@ def train(
         has_state = resume is not None and any(run.checkpoints.glob("train_state*.pt"))
         if config.init_from is not None and not has_state:
             init = config.init_from
-            tensors, source = initial_weights(init.path, init.checkpoint)
+            tensors, source = initial_weights(
+                init.path, init.checkpoint, model=initial, prefix=init.prefix
+            )
             load_weights_into(initial, tensors, source, strict=init.strict)
         if resume is None:
             if ctx.is_main:
@@ -313,7 +315,9 @@ def _evaluate_checkpoints(
 ) -> list[dict[str, Any]]:
     """:func:`evaluate_run`'s loop over checkpoints (with the run's lock held)."""
     from unirobust.data import load_dataset
+    from unirobust.evaluation.points import read_points, select_points
 
+    points = read_points(spec.points) if spec.points else None
     summaries = []
     for which in checkpoints:
         model, meta = load_model(target, which if is_run else "best")
@@ -322,12 +326,19 @@ def _evaluate_checkpoints(
         bundle = load_dataset(
             dataset,
             data_dir=meta.get("data_dir"),
-            n_test=spec.n,
+            n_test=spec.n if points is None else None,
             val_size=config.data.val_size if config else 0,
             seed=config.seed if config else 0,
             classes=meta.get("classes"),
             **(meta.get("data_options") or {}),
         )
+        if tuple(bundle.input_shape) != tuple(meta["input_shape"]):
+            raise ConfigError(
+                f"'{meta['path']}' was built for {tuple(meta['input_shape'])} inputs but dataset "
+                f"'{bundle.name}' gives {tuple(bundle.input_shape)} inputs"
+            )
+        if points is not None:  # multinorm.md §8: a stored list, not the first n
+            bundle.test = select_points(bundle.test, points, spec.n, str(spec.points))
         group = spec.suite if threats else "clean"
         stem = f"{which}-{group}{'-union_only' if spec.union_only and threats else ''}"
         start = time.perf_counter()
@@ -361,7 +372,8 @@ def _evaluate_groups(
 
     test = bundle.test
     # a killed evaluation resumes from this file; another evaluation never collides with it
-    key = json.dumps([[str(t) for t in threats], spec.n, spec.batch_size, seed, spec.union_only])
+    fields = [[str(t) for t in threats], spec.n, spec.batch_size, seed, spec.union_only]
+    key = json.dumps(fields + ([spec.points] if spec.points else []))
     state_path = out_dir / f".{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.state"
     table = evaluate(
         model,

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from unirobust.engine.foreign import fit_foreign_state
 from unirobust.errors import CheckpointError, UserError
 from unirobust.experts.tensors import unwrap
 from unirobust.finetune.lora import plain_model
@@ -229,12 +230,16 @@ def import_weights(
     dataset: str,
     data_dir: str | None = None,
     options: dict[str, Any] | None = None,
+    prefix: str | None = None,
 ) -> Path:
     """Convert a plain PyTorch state dict (e.g. an official Generalist checkpoint) to our format.
 
     The file is read with ``weights_only=True``; a ``state_dict``/``model`` wrapper key and
-    ``module.`` prefixes are removed (generalist.md §3.5, pitfall 17); every weight must fit the
-    named model exactly. The result loads with :func:`load_model` and ``unirobust eval``.
+    ``module.`` prefixes are removed (generalist.md §3.5, pitfall 17); a wrapped layout (the
+    robustness library's ``model.``/``attacker.``/``normalizer.``, RobustBench's ``normalize.``/
+    ``model.``) is reduced to the model's sub-dict, ``prefix`` if given
+    (:func:`~unirobust.engine.foreign.fit_foreign_state`); every weight must fit the named model
+    exactly. The result loads with :func:`load_model` and ``unirobust eval``.
     """
     from unirobust.models import build_model
 
@@ -243,6 +248,7 @@ def import_weights(
     check_writable_dir(out.parent)
     state = read_foreign_state(source)
     net = build_model(model, num_classes=num_classes, input_shape=input_shape, **(options or {}))
+    state = fit_foreign_state(net, state, str(source), prefix)
     load_weights_into(net, state, str(source), what=f"model '{model}'")
     meta = {
         "model": {"name": model, "options": options or {}},
@@ -309,12 +315,24 @@ def load_weights_into(
     unwrap(model).load_state_dict(tensors, strict=False)
 
 
-def initial_weights(path: str, checkpoint: str = "best") -> tuple[dict[str, torch.Tensor], str]:
+def initial_weights(
+    path: str,
+    checkpoint: str = "best",
+    *,
+    model: nn.Module | None = None,
+    prefix: str | None = None,
+) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors ``init_from`` names: a run directory's exported model, an exported
-    ``.safetensors`` file, or a foreign weights-only state dict; and the file they came from."""
+    ``.safetensors`` file, or a foreign weights-only state dict; and the file they came from.
+
+    A foreign file is fitted to ``model`` when given (its sub-dict, ``prefix`` if given, and a
+    check of its input normalisation: :func:`~unirobust.engine.foreign.fit_foreign_state`)."""
     target = Path(path)
     if target.is_dir() or target.suffix == ".safetensors":
         model_path = resolve_model_path(target, checkpoint)
         tensors, _ = read_model_file(model_path)
         return tensors, str(model_path)
-    return read_foreign_state(target), str(target)
+    state = read_foreign_state(target)
+    if model is not None:
+        state = fit_foreign_state(model, state, str(target), prefix)
+    return state, str(target)

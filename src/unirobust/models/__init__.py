@@ -6,7 +6,13 @@
 
 from unirobust.models.lenet import LeNet
 from unirobust.models.mlp import MLP
-from unirobust.models.normalize import ImageClassifier, Normalize, make_normalize
+from unirobust.models.normalize import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageClassifier,
+    Normalize,
+    make_normalize,
+)
 from unirobust.models.preact_resnet import PreActResNet18
 from unirobust.models.registry import (
     batched_logits,
@@ -16,16 +22,22 @@ from unirobust.models.registry import (
     model_options,
 )
 from unirobust.models.resnet import ResNet18
+from unirobust.models.resnet50 import ResNet50
 from unirobust.models.wide_resnet import WideResNet
+from unirobust.models.xcit import XCiT
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "MLP",
     "ImageClassifier",
     "LeNet",
     "Normalize",
     "PreActResNet18",
     "ResNet18",
+    "ResNet50",
     "WideResNet",
+    "XCiT",
     "batched_logits",
     "build_model",
     "list_models",

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 
 from unirobust.errors import ConfigError
 
-__all__ = ["ImageClassifier", "Normalize", "make_normalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Normalize", "make_normalize"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""Per-channel mean of the ImageNet training images in [0, 1], which the published ResNet-50 and
+XCiT weights (robustness library, RobustBench, timm) expect to have been subtracted."""
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""Per-channel std matching :data:`IMAGENET_MEAN`."""
 
 
 class Normalize(nn.Module):
@@ -101,7 +107,9 @@ class ImageClassifier(nn.Module, ABC):
 
     @property
     def head(self) -> nn.Linear:
-        return getattr(self, self.head_name)
+        # looked up among the submodules, not with getattr: a head registered under the name
+        # "head" itself (XCiT, timm's name) would otherwise resolve to this property again
+        return self._modules[self.head_name]  # type: ignore[return-value]
 
     @property
     def num_features(self) -> int:

@@ -33,22 +33,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 from torch import nn
 
 from unirobust.data.tokens import check_token_shape
 from unirobust.errors import ConfigError
 from unirobust.models.lenet import LeNet
 from unirobust.models.mlp import MLP
-from unirobust.models.normalize import Normalize, make_normalize
+from unirobust.models.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalize, make_normalize
 from unirobust.models.preact_resnet import PreActResNet18
 from unirobust.models.resnet import ResNet18
+from unirobust.models.resnet50 import ResNet50
 from unirobust.models.wide_resnet import WideResNet
+from unirobust.models.xcit import XCiT
 from unirobust.registry import Entry, Registry
 from unirobust.schema import Spec
 
 __all__ = [
     "MODELS",
+    "ImageNetModelSpec",
     "ModelSpec",
     "build_model",
     "list_models",
@@ -75,14 +78,33 @@ class ModelSpec(Spec):
         return make_normalize(self.normalize, self.mean, self.std, channels)
 
 
+class ImageNetModelSpec(ModelSpec):
+    """ImageNet architectures: normalisation on by default, with the ImageNet mean and std.
+
+    Every published weight file of these architectures (robustness library, RobustBench, timm)
+    was trained on ImageNet-normalised inputs, so the layer belongs to the model; set
+    ``normalize: false`` (or other ``mean``/``std``) only for weights trained otherwise.
+    """
+
+    normalize: bool = True
+    mean: float | list[float] | None = Field(list(IMAGENET_MEAN))
+    std: float | list[float] | None = Field(list(IMAGENET_STD))
+
+
 MODELS: Registry[nn.Module] = Registry("model", modules=("unirobust.models.hf_text",))
 """Every model by name; a builder is ``(spec, num_classes, input_shape) -> nn.Module``."""
 
 _STRUCTURAL = ("num_classes", "input_shape", "normalize")
 
 
-def derive_spec(name: str, cls: type[nn.Module], fixed: Mapping[str, Any]) -> type[ModelSpec]:
-    """The spec of ``cls``'s keyword-only options (annotation and default each), minus ``fixed``."""
+def derive_spec(
+    name: str,
+    cls: type[nn.Module],
+    fixed: Mapping[str, Any],
+    base: type[ModelSpec] = ModelSpec,
+) -> type[ModelSpec]:
+    """The spec of ``cls``'s keyword-only options (annotation and default each), minus ``fixed``,
+    on top of ``base``'s fields."""
     params = inspect.signature(cls.__init__, eval_str=True).parameters
     fields: dict[str, Any] = {
         key: (
@@ -95,17 +117,25 @@ def derive_spec(name: str, cls: type[nn.Module], fixed: Mapping[str, Any]) -> ty
     title = "".join(part.title() for part in name.split("_"))
     return create_model(
         f"{title}Spec",
-        __base__=ModelSpec,
+        __base__=base,
         __module__=cls.__module__,
         name=(Literal[name], name),  # type: ignore[valid-type]
         **fields,
     )
 
 
-def register_model(name: str, cls: type[nn.Module], summary: str, **fixed: Any) -> type[ModelSpec]:
+def register_model(
+    name: str,
+    cls: type[nn.Module],
+    summary: str,
+    *,
+    base: type[ModelSpec] = ModelSpec,
+    **fixed: Any,
+) -> type[ModelSpec]:
     """Register ``cls`` under ``name`` with a spec derived from its constructor; ``fixed`` options
-    are set by the name and cannot be given. Returns the spec class."""
-    spec_cls = derive_spec(name, cls, fixed)
+    are set by the name and cannot be given; ``base`` supplies the common options and their
+    defaults (:class:`ImageNetModelSpec` for ImageNet models). Returns the spec class."""
+    spec_cls = derive_spec(name, cls, fixed, base)
     own = [k for k in spec_cls.model_fields if k not in ModelSpec.model_fields]
 
     def build(spec: ModelSpec, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
@@ -129,6 +159,25 @@ register_model("resnet18", ResNet18, "ResNet-18 (CIFAR variant: 3x3 stem, no max
 register_model("wide_resnet", WideResNet, "WideResNet-depth-widen (depth 6n+4)")
 register_model("wrn_28_10", WideResNet, "WideResNet-28-10", depth=28, widen=10)
 register_model("wrn_34_10", WideResNet, "WideResNet-34-10", depth=34, widen=10)
+register_model(
+    "resnet50",
+    ResNet50,
+    "ImageNet ResNet-50 (torchvision names; Engstrom2019Robustness weights)",
+    base=ImageNetModelSpec,
+)
+register_model(
+    "xcit_s12",
+    XCiT,
+    "XCiT-S12/16 (timm xcit_small_12_p16_224 names; Debenedetti2022Light weights)",
+    base=ImageNetModelSpec,
+    embed_dim=384,
+    depth=12,
+    num_heads=8,
+    mlp_ratio=4.0,
+    cls_attn_layers=2,
+    eta=1.0,
+    tokens_norm=True,
+)
 
 
 def list_models() -> list[str]:
