@@ -74,7 +74,11 @@ class DataConfig(Strict):
 
     ``classes`` keeps a subset of the classes, relabelled 0..k-1 in the order given (transfer
     tasks: pretrain on classes 0-4, fine-tune on 5-9); the exported model records it, so its
-    evaluation reads the same classes.
+    evaluation reads the same classes. The dataset's own options (``imagefolder``'s
+    ``image_size``, ``resize_size``, ...) are written next to ``name`` or under ``options`` and
+    validated by the dataset's spec; they are recorded with the model too. ``stream: true`` reads
+    training batches from disk instead of holding the split in memory (``imagefolder`` always
+    streams; evaluation always streams).
     """
 
     name: str = "fashion_mnist"
@@ -85,11 +89,45 @@ class DataConfig(Strict):
     batch_size: int = Field(128, gt=0)
     augment: AugmentConfig = AugmentConfig()
     classes: list[int] | None = Field(None, min_length=1)
+    stream: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        """Move the dataset's own options written next to ``name`` into ``options``."""
+        if not isinstance(data, dict) or "name" not in data:
+            return data
+        try:
+            spec = DATASETS.get(str(data["name"])).spec
+        except ConfigError:
+            return data  # the name's own validator reports it
+        own = set(spec.model_fields) - {"name"} - set(cls.model_fields)
+        moved = {k: v for k, v in data.items() if k in own}
+        if not moved:
+            return data
+        options = dict(data.get("options") or {})
+        rest = {k: v for k, v in data.items() if k not in moved}
+        return {**rest, "options": {**options, **moved}}
 
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
         return _registered(DATASETS, value, "data.name")
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return value
+        entry = DATASETS.get(info.data["name"])
+        try:
+            spec = entry.spec.model_validate({**value, "name": entry.name})
+        except ValidationError as err:
+            raise ValueError(
+                describe_error(err.errors()[0], entry.spec, f"dataset '{entry.name}'")
+            ) from None
+        return spec.model_dump(mode="json", exclude={"name"}, exclude_unset=True)
 
 
 class ModelConfig(Strict):
@@ -413,7 +451,10 @@ class EvalConfig(Strict):
     ``clean`` always runs; ``threats``/``union`` when there are threats (``threats``, else the
     recipe's ``validation.threats``); ``calibration`` and ``corruptions`` when asked for. Setting
     ``suite`` or ``union_only`` asks for robust evaluation: without any threat that is an error.
-    ``n: null`` evaluates every test point; ``seed`` seeds the attacks and the corruptions.
+    ``n: null`` evaluates every test point; ``indices`` (a file: text integers or ``.npy``,
+    ``unirobust.data.index_list``) evaluates those test-file positions instead of the first ones,
+    ``n`` then keeping the first ``n`` of the list (ImageNet, multinorm.md §8); ``seed`` seeds the
+    attacks and the corruptions.
     """
 
     enabled: bool = True
@@ -424,6 +465,7 @@ class EvalConfig(Strict):
     checkpoints: list[Literal["best", "last"]] = Field(default_factory=lambda: ["best", "last"])
     union_only: bool = False
     seed: int = 0
+    indices: str | None = None
     calibration: bool = True
     corruptions: list[str] = Field(default_factory=list)
     corruption_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
