@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from _launch import free_port, torchrun
 from conftest import generalist_tiny, tiny_recipe
 
@@ -55,17 +56,24 @@ def test_expert_parallel_generalist_matches_sequential(tmp_path: Path) -> None:
 
 
 def test_data_parallel_over_a_c10d_rendezvous_matches_single_process(tmp_path: Path) -> None:
-    """The multi-node launch (docs/distributed.md): one node's worth of ranks joins a c10d
-    rendezvous at host:port, as every node of a cluster job would."""
+    """The multi-node launch of docs/distributed.md, through the command line: one node's worth
+    of ranks meets at a c10d rendezvous at host:port, as every node of a cluster job would; rank
+    0 then evaluates the run alone while the others have left."""
     recipe = tiny_recipe()
     recipe["train"]["epochs"] = 2
     single = train(validate_recipe(recipe), out=tmp_path / "single", progress=False)
+    recipe["eval"] = {"enabled": True, "n": 50, "checkpoints": ["last"]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
     rendezvous = [
         "--nnodes=1",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint=localhost:{free_port()}",
         f"--rdzv-id={uuid.uuid4().hex[:8]}",
     ]
-    _torchrun(recipe, tmp_path / "c10d", rendezvous=rendezvous)
-    _close(single, tmp_path / "c10d")
-    assert (tmp_path / "c10d" / "checkpoints" / "train_state.rank1.pt").is_file()
+    out = tmp_path / "c10d"
+    torchrun(["-m", "unirobust", "train", str(path), "--out", str(out), "--quiet"], 2, rendezvous)
+    _close(single, out)
+    assert (out / "checkpoints" / "train_state.rank1.pt").is_file()
+    summary = json.loads((out / "eval" / "last-clean.json").read_text())
+    assert summary["n_points"] == 50 and summary["processes"] == 1

@@ -99,7 +99,9 @@ def _finish(run_dir: Path, evaluate: bool) -> None:
 
     config = load_run_config(run_dir)
     if evaluate and config.eval.enabled:
-        summaries = evaluate_run(run_dir, progress=True)  # the recipe's own eval block
+        # the recipe's own eval block, in this process alone (under torchrun, the other ranks of
+        # the training have finished)
+        summaries = evaluate_run(run_dir, progress=True, share_out=False)
         out.print(format_results_table(summaries), highlight=False)
     report = write_report(run_dir)
     out.print(f"run directory: {run_dir}\nreport: {report}", highlight=False)

@@ -249,6 +249,7 @@ def evaluate_run(
     progress: bool = False,
     seed: int | None = None,
     device: str = "cpu",
+    share_out: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate a run's exported checkpoints (or one model file) on the test split.
 
@@ -266,8 +267,9 @@ def evaluate_run(
     Under torchrun (``unirobust eval --nproc K``) every rank runs this: the points are shared out
     (:mod:`unirobust.evaluation.sharding`), rank 0 holds the run's lock, merges, computes the
     calibration and corruption groups and writes the files, and is the only rank that returns
-    the summaries (the others return ``[]``). ``device``: ``cpu``, ``cuda`` (each rank its
-    ``LOCAL_RANK`` GPU) or ``auto``.
+    the summaries (the others return ``[]``). ``share_out=False`` evaluates in this process
+    alone even under torchrun (rank 0's evaluation after training, when the other ranks have
+    left). ``device``: ``cpu``, ``cuda`` (each rank its ``LOCAL_RANK`` GPU) or ``auto``.
     """
     target = Path(target)
     eval_spec(EvalConfig(), overrides)  # a bad option fails before anything is loaded
@@ -294,9 +296,11 @@ def evaluate_run(
     checkpoints = list(spec.checkpoints) if is_run else ["file"]
     out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
     check_writable_dir(out_dir)  # before the attacks, not at their first write
-    place, joined = join_process_group(resolve_device(device))
+    place, joined = resolve_device(device), False
+    if share_out:
+        place, joined = join_process_group(place)
     try:
-        shard = current_shard()
+        shard = current_shard() if share_out else Shard()
         main = shard.rank == 0
         with RunDir(target).locked() if is_run and main else contextlib.nullcontext():
             if is_run and main:
