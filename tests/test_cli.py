@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_recipe
 from typer.testing import CliRunner
@@ -146,3 +147,22 @@ def test_a_recipe_is_found_by_the_path_recipes_lists() -> None:
     assert resolve_recipe("proxy/lpft/fmnist-lpft.yaml") == by_stem
     with pytest.raises(ConfigError, match="'proxy/fmnist-lpft' is neither a file nor a known"):
         resolve_recipe("proxy/fmnist-lpft")
+
+
+def test_eval_index_list_device_and_nproc_options(tmp_path: Path) -> None:
+    from unirobust.cli import _flags
+
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_bytes(b"\x00" * 64)
+    missing = tmp_path / "points.txt"
+    _one_line_error(
+        _invoke("eval", str(bogus), "--points", str(missing)), "points.txt", "neither a built-in"
+    )
+    if not torch.cuda.is_available():
+        _one_line_error(_invoke("eval", str(bogus), "--device", "cuda"), "CUDA is not available")
+    result = _invoke("eval", str(bogus), "--nproc", "0")
+    assert result.exit_code == 2 and "nproc" in result.output
+    # what --nproc K passes on to every rank: the options given, --n as --n-points (torchrun
+    # would read --n as an abbreviation of its own options)
+    given = {"threats": "linf:0.1", "n-points": 5, "union-only": False, "suite": None}
+    assert _flags(given) == ["--threats", "linf:0.1", "--n-points", "5", "--no-union-only"]

@@ -12,11 +12,10 @@ from typer.testing import CliRunner
 
 from unirobust.cli import app
 from unirobust.config import EvalConfig, validate_recipe
-from unirobust.data.split import Split
 from unirobust.engine.checkpoint import import_weights
 from unirobust.errors import ConfigError
 from unirobust.evaluation import EvalResults
-from unirobust.evaluation.points import read_points, select_points
+from unirobust.evaluation.points import read_points
 from unirobust.models import build_model
 from unirobust.pipeline import evaluate_run, train
 
@@ -36,23 +35,14 @@ def test_imagenet_list_is_the_documented_unbiased_draw() -> None:
     assert classes.size > 990  # nearly every class appears
 
 
-def _split(indices: list[int]) -> Split:
-    n = len(indices)
-    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
-    return Split(x, torch.arange(n) % 3, torch.tensor(indices))
-
-
-def test_select_points_follows_the_list_and_maps_original_positions() -> None:
-    split = _split([0, 2, 3, 5, 8, 9])  # a class-filtered split: original positions, with gaps
-    points = np.array([9, 0, 5, 3])
-    chosen = select_points(split, points, None, "list")
-    assert chosen.indices.tolist() == [9, 0, 5, 3]
-    assert chosen.x[:, 0, 0, 0].tolist() == [5.0, 0.0, 3.0, 2.0]  # the rows holding them
-    assert select_points(split, points, 2, "list").indices.tolist() == [9, 0]
-    with pytest.raises(ConfigError, match="lists test position 7"):
-        select_points(split, np.array([0, 7]), None, "list")
-    with pytest.raises(ConfigError, match=r"eval\.n is 5"):
-        select_points(split, points, 5, "list")
+def test_read_points_keeps_the_list_order_and_takes_the_first_n(tmp_path: Path) -> None:
+    listed = tmp_path / "points.txt"
+    listed.write_text("9\n0\n5\n3\n")
+    assert read_points(str(listed)).tolist() == [9, 0, 5, 3]
+    assert read_points(str(listed), 2).tolist() == [9, 0]
+    np.save(tmp_path / "points.npy", np.array([4, 1]))
+    assert read_points(str(tmp_path / "points.npy")).tolist() == [4, 1]
+    assert read_points(str(listed), 1000).tolist() == [9, 0, 5, 3]  # eval.n's default
 
 
 def test_points_option_is_checked_at_load(tmp_path: Path) -> None:
@@ -60,7 +50,7 @@ def test_points_option_is_checked_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither a built-in list"):
         validate_recipe(tiny_recipe(eval={"points": "imagenet-val-5k"}))
     bad = tmp_path / "bad.txt"
-    for text, message in (("1\n1\n", "distinct"), ("1\nx\n", "one integer"), ("", "distinct")):
+    for text, message in (("1\n1\n", "repeated"), ("1\nx\n", "not a non-negative"), ("", "empty")):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
             read_points(str(bad))

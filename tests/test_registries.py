@@ -187,4 +187,5 @@ def test_cli_lists_models_and_datasets_from_their_registries(capsys) -> None:
     assert "Toy: pooled pixels" in toy and toy.endswith("[normalize, mean, std, width]")
     blobs_line = next(line for line in lines if line.split()[:1] == ["toy_blobs"])
     assert blobs_line.endswith("[n]")
-    assert any(line.split()[:1] == ["imagefolder"] and "[image_size]" in line for line in lines)
+    folder = next(line for line in lines if line.split()[:1] == ["imagefolder"])
+    assert folder.endswith("[image_size, resize_size, train_crop, crop_scale, decode_threads]")

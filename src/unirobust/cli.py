@@ -111,7 +111,9 @@ def _finish(run_dir: Path, evaluate: bool) -> None:
 
     config = load_run_config(run_dir)
     if evaluate and config.eval.enabled:
-        summaries = evaluate_run(run_dir, progress=True)  # the recipe's own eval block
+        # the recipe's own eval block, in this process alone (under torchrun, the other ranks of
+        # the training have finished)
+        summaries = evaluate_run(run_dir, progress=True, share_out=False)
         out.print(format_results_table(summaries), highlight=False)
     report = write_report(run_dir)
     out.print(f"run directory: {run_dir}\nreport: {report}", highlight=False)
@@ -166,7 +168,15 @@ def eval_(
     target: Annotated[Path, typer.Argument(help="Run directory or exported .safetensors model.")],
     suite: Annotated[str | None, typer.Option(help="aa-standard | aa-apgd | fast")] = None,
     threats: Annotated[str | None, typer.Option(help="e.g. linf:0.1,l2:1.5,l1:10")] = None,
-    n: Annotated[int | None, typer.Option(help="First N test points (0: all).")] = None,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "--n",
+            "--n-points",
+            help="First N test points (0: all). Under torchrun write --n-points (torchrun "
+            "reads --n as one of its own options).",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     checkpoint: Annotated[
         str | None, typer.Option(help="best, last or best,last (run directories).")
@@ -187,9 +197,16 @@ def eval_(
     points: Annotated[
         str | None,
         typer.Option(
-            help="Stored test positions: imagenet-val-10k or a file (one per line); "
+            help="Stored test positions: imagenet-val-10k or a file (text integers or .npy); "
             "'none': the first N."
         ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda (under torchrun: each rank its own GPU) or auto.")
+    ] = "cpu",
+    nproc: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes on this machine: re-runs this command under torchrun."),
     ] = None,
 ) -> None:
     """Evaluate a model: clean, calibration, each threat and their union, corruptions.
@@ -197,7 +214,26 @@ def eval_(
     Settings come from the run's recipe (its eval: block); an option given here replaces only
     the setting it names. Without threats (none given, none in the recipe) the evaluation is clean
     accuracy, calibration and corruptions only. Per-sample results are written next to the model.
+    With --nproc K (or under torchrun) the points are shared out over K processes, each with its
+    own resumable state; rank 0 writes the merged table, equal to the single-process one.
     """
+    if nproc is not None and nproc > 1:
+        options = {
+            "suite": suite,
+            "threats": threats,
+            "n-points": n,
+            "batch-size": batch_size,
+            "checkpoint": checkpoint,
+            "union-only": union_only,
+            "seed": seed,
+            "calibration": calibration,
+            "corruptions": corruptions,
+            "severities": severities,
+            "points": points,
+            "device": device,
+        }
+        _run(lambda: _relaunch_under_torchrun(nproc, ["eval", str(target), *_flags(options)]))
+        return
 
     def action() -> None:
         from unirobust.pipeline import evaluate_run
@@ -227,10 +263,35 @@ def eval_(
             overrides["n"] = n or None  # 0: every test point
         if points is not None:
             overrides["points"] = None if points == "none" else points
-        summaries = evaluate_run(target, overrides=overrides, progress=True)
-        out.print(format_results_table(summaries), highlight=False)
+        summaries = evaluate_run(target, overrides=overrides, progress=True, device=device)
+        if summaries:  # under torchrun only rank 0 has them
+            out.print(format_results_table(summaries), highlight=False)
 
     _run(action)
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """Command-line flags for the options that were given (``None``: not given)."""
+    args: list[str] = []
+    for name, value in options.items():
+        if isinstance(value, bool):
+            args.append(f"--{name}" if value else f"--no-{name}")
+        elif value is not None:
+            args += [f"--{name}", str(value)]
+    return args
+
+
+def _relaunch_under_torchrun(nproc: int, args: list[str]) -> None:
+    """Run ``unirobust ARGS`` in ``nproc`` processes on this machine (torchrun ``--standalone``,
+    one rendezvous per call); its exit code becomes ours."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "unirobust", *args]
+    console.print(f"running {nproc} processes: torchrun ... -m unirobust {' '.join(args)}")
+    code = subprocess.call(cmd)
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()

@@ -74,9 +74,12 @@ class DataConfig(Strict):
 
     ``classes`` keeps a subset of the classes, relabelled 0..k-1 in the order given (transfer
     tasks: pretrain on classes 0-4, fine-tune on 5-9); the exported model records it, so its
-    evaluation reads the same classes. ``options`` are the dataset's own options (the ``text``
-    dataset's tokenizer, files and columns), validated by its spec at load time and recorded in
-    the exported model too.
+    evaluation reads the same classes. The dataset's own options (``imagefolder``'s
+    ``image_size``, ``resize_size``, ...; the ``text`` dataset's tokenizer, files and columns) are
+    written next to ``name`` or under ``options``, validated by the dataset's spec at load time and
+    recorded with the exported model too. ``stream: true`` reads training batches from disk
+    instead of holding the split in memory (``imagefolder`` always streams; evaluation always
+    streams).
     """
 
     name: str = "fashion_mnist"
@@ -88,6 +91,26 @@ class DataConfig(Strict):
     batch_size: int = Field(128, gt=0)
     augment: AugmentConfig = AugmentConfig()
     classes: list[int] | None = Field(None, min_length=1)
+    stream: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        """Move the dataset's own options written next to ``name`` into ``options``."""
+        if not isinstance(data, dict) or "name" not in data:
+            return data
+        try:
+            spec = DATASETS.get(str(data["name"])).spec
+        except ConfigError:
+            return data  # the name's own validator reports it
+        own = set(spec.model_fields) - {"name"} - set(cls.model_fields)
+        moved = {k: v for k, v in data.items() if k in own}
+        if not moved:
+            return data
+        options = dict(data.get("options") or {})
+        rest = {k: v for k, v in data.items() if k not in moved}
+        return {**rest, "options": {**options, **moved}}
 
     @field_validator("name")
     @classmethod
@@ -103,7 +126,7 @@ class DataConfig(Strict):
             spec = dataset_spec(info.data["name"], value)
         except ConfigError as err:
             raise ConfigError(f"data.options: {err}") from None
-        return spec.model_dump(exclude={"name"}, exclude_unset=True)
+        return spec.model_dump(mode="json", exclude={"name"}, exclude_unset=True)
 
 
 class ModelConfig(Strict):

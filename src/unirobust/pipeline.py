@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,23 @@ from pydantic import ValidationError
 
 from unirobust.build import build_model_for, build_stage
 from unirobust.config import EvalConfig, RunConfig, config_to_dict, validate_recipe
+from unirobust.data.source import LazyImages
 from unirobust.engine.checkpoint import (
     atomic_write,
     initial_weights,
     load_model,
     load_weights_into,
 )
-from unirobust.engine.distributed import init_distributed, shutdown_distributed
+from unirobust.engine.distributed import (
+    init_distributed,
+    join_process_group,
+    shutdown_distributed,
+)
 from unirobust.engine.rundir import LOCK_NAME, RunDir, RunLock
 from unirobust.engine.trainer import Trainer
 from unirobust.errors import CheckpointError, ConfigError
 from unirobust.evaluation.keys import Summary
+from unirobust.evaluation.sharding import Shard, current_shard, shard_state_path
 from unirobust.finetune.head import apply_head_init
 from unirobust.finetune.ntk_stage import write_stage_ntk
 from unirobust.io import atomic_write_text, check_writable_dir
@@ -84,6 +91,7 @@ def load_data(config: RunConfig, device: torch.device | str = "cpu"):
         seed=config.seed,
         device=device,
         classes=d.classes,
+        stream=d.stream,
         **d.options,
     )
 
@@ -242,6 +250,8 @@ def evaluate_run(
     overrides: Mapping[str, Any] | None = None,
     progress: bool = False,
     seed: int | None = None,
+    device: str = "cpu",
+    share_out: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate a run's exported checkpoints (or one model file) on the test split.
 
@@ -253,7 +263,15 @@ def evaluate_run(
 
     Writes ``eval/<checkpoint>-<suite|clean>.{npz,json}`` (the per-sample table, logits
     included, so every group is recomputed from it, never re-run) and logs a ``final_eval`` event.
-    Returns the summaries.
+    Returns the summaries. The test points are streamed (one chunk of images in memory); with
+    ``spec.points`` they are the positions of that stored list (``evaluation.points``).
+
+    Under torchrun (``unirobust eval --nproc K``) every rank runs this: the points are shared out
+    (:mod:`unirobust.evaluation.sharding`), rank 0 holds the run's lock, merges, computes the
+    calibration and corruption groups and writes the files, and is the only rank that returns
+    the summaries (the others return ``[]``). ``share_out=False`` evaluates in this process
+    alone even under torchrun (rank 0's evaluation after training, when the other ranks have
+    left). ``device``: ``cpu``, ``cuda`` (each rank its ``LOCAL_RANK`` GPU) or ``auto``.
     """
     target = Path(target)
     eval_spec(EvalConfig(), overrides)  # a bad option fails before anything is loaded
@@ -282,12 +300,34 @@ def evaluate_run(
     checkpoints = list(spec.checkpoints) if is_run else ["file"]
     out_dir = (target / "eval") if is_run else target.parent / f"{target.stem}-eval"
     check_writable_dir(out_dir)  # before the attacks, not at their first write
-    with RunDir(target).locked() if is_run else contextlib.nullcontext():
-        if is_run:
-            RunDir(target).remove_stale_temps()
-        return _evaluate_checkpoints(
-            target, is_run, config, spec, threats, seed, checkpoints, out_dir, progress
-        )
+    place, joined = resolve_device(device), False
+    if share_out:
+        place, joined = join_process_group(place)
+    try:
+        shard = current_shard() if share_out else Shard()
+        main = shard.rank == 0
+        with RunDir(target).locked() if is_run and main else contextlib.nullcontext():
+            if is_run and main:
+                RunDir(target).remove_stale_temps()
+            job = _EvalJob(target, is_run, config, spec, threats, seed, out_dir, progress)
+            return _evaluate_checkpoints(job, checkpoints, place, shard)
+    finally:
+        if joined:
+            shutdown_distributed()
+
+
+@dataclass(frozen=True)
+class _EvalJob:
+    """What :func:`evaluate_run` evaluates and where the results go."""
+
+    target: Path
+    is_run: bool
+    config: RunConfig | None
+    spec: EvalConfig
+    threats: list
+    seed: int
+    out_dir: Path
+    progress: bool
 
 
 def check_text_eval(dataset: str, threats: list, spec: EvalConfig) -> None:
@@ -303,33 +343,28 @@ def check_text_eval(dataset: str, threats: list, spec: EvalConfig) -> None:
 
 
 def _evaluate_checkpoints(
-    target: Path,
-    is_run: bool,
-    config: RunConfig | None,
-    spec: EvalConfig,
-    threats: list,
-    seed: int,
-    checkpoints: list[str],
-    out_dir: Path,
-    progress: bool,
+    job: _EvalJob, checkpoints: list[str], device: torch.device, shard: Shard
 ) -> list[dict[str, Any]]:
-    """:func:`evaluate_run`'s loop over checkpoints (with the run's lock held)."""
+    """:func:`evaluate_run`'s loop over checkpoints (with the run's lock held by rank 0)."""
     from unirobust.data import load_dataset
-    from unirobust.evaluation.points import read_points, select_points
+    from unirobust.evaluation.points import read_points
 
-    points = read_points(spec.points) if spec.points else None
+    spec, config = job.spec, job.config
+    indices = read_points(spec.points, spec.n) if spec.points else None
     summaries = []
     for which in checkpoints:
-        model, meta = load_model(target, which if is_run else "best")
+        model, meta = load_model(job.target, which if job.is_run else "best", device=device)
         dataset = meta.get("dataset", "fashion_mnist")
-        check_text_eval(dataset, threats, spec)
+        check_text_eval(dataset, job.threats, spec)
         bundle = load_dataset(
             dataset,
             data_dir=meta.get("data_dir"),
-            n_test=spec.n if points is None else None,
+            n_test=spec.n if indices is None else None,
             val_size=config.data.val_size if config else 0,
             seed=config.seed if config else 0,
             classes=meta.get("classes"),
+            stream=True,
+            test_indices=indices,  # multinorm.md §8: a stored list, not the first n
             **(meta.get("data_options") or {}),
         )
         if tuple(bundle.input_shape) != tuple(meta["input_shape"]):
@@ -337,44 +372,55 @@ def _evaluate_checkpoints(
                 f"'{meta['path']}' was built for {tuple(meta['input_shape'])} inputs but dataset "
                 f"'{bundle.name}' gives {tuple(bundle.input_shape)} inputs"
             )
-        if points is not None:  # multinorm.md §8: a stored list, not the first n
-            bundle.test = select_points(bundle.test, points, spec.n, str(spec.points))
-        group = spec.suite if threats else "clean"
-        stem = f"{which}-{group}{'-union_only' if spec.union_only and threats else ''}"
+        group = spec.suite if job.threats else "clean"
+        stem = f"{which}-{group}{'-union_only' if spec.union_only and job.threats else ''}"
         start = time.perf_counter()
-        table = _evaluate_groups(model, bundle, spec, threats, seed, out_dir, stem, progress)
-        _, summary_path = table.save(out_dir, stem=stem)
-        summary = {
-            **json.loads(summary_path.read_text()),
-            Summary.CHECKPOINT: which,
-            Summary.MODEL_PATH: meta["path"],
-            # wall_time_s stays the attack time of the runner (summed over resumed sessions)
-            Summary.SESSION_S: round(time.perf_counter() - start, 2),
-        }
-        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-        if is_run:
-            RunDir(target).log(
-                {
-                    "event": "final_eval",
-                    "checkpoint": which,
-                    "summary_path": str(summary_path.relative_to(target)),
-                }
-            )
-        summaries.append(summary)
+        table, state_path = _evaluate_groups(model, bundle, job, stem, indices, shard)
+        if shard.rank == 0:
+            summaries.append(_save_table(job, table, stem, which, meta, start, shard.world_size))
+        shard.barrier()  # the table is on disk before any rank drops its resumable state
+        if state_path is not None:
+            state_path.unlink(missing_ok=True)
     return summaries
 
 
-def _evaluate_groups(
-    model, bundle, spec: EvalConfig, threats: list, seed: int, out_dir: Path, stem: str, progress
-):
-    """The per-sample table of one model: clean (+ threats, union), calibration, corruptions."""
+def _save_table(
+    job: _EvalJob, table, stem: str, which: str, meta: dict[str, Any], start: float, processes: int
+) -> dict[str, Any]:
+    """Write the table and its summary (plus the run's ``final_eval`` event); the summary."""
+    _, summary_path = table.save(job.out_dir, stem=stem)
+    summary = {
+        **json.loads(summary_path.read_text()),
+        Summary.CHECKPOINT: which,
+        Summary.MODEL_PATH: meta["path"],
+        # wall_time_s stays the attack time of the runner (summed over resumed sessions)
+        Summary.SESSION_S: round(time.perf_counter() - start, 2),
+        Summary.PROCESSES: processes,  # wall_time_s is then the slowest rank's
+    }
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    if job.is_run:
+        RunDir(job.target).log(
+            {
+                "event": "final_eval",
+                "checkpoint": which,
+                "summary_path": str(summary_path.relative_to(job.target)),
+            }
+        )
+    return summary
+
+
+def _evaluate_groups(model, bundle, job: _EvalJob, stem: str, indices, shard: Shard):
+    """The per-sample table of one model: clean (+ threats, union), calibration, corruptions;
+    and this rank's state file (to delete once the table is saved)."""
     from unirobust.evaluation import add_calibration, add_corruptions, evaluate
 
+    spec, threats, seed = job.spec, job.threats, job.seed
     test = bundle.test
     # a killed evaluation resumes from this file; another evaluation never collides with it
-    fields = [[str(t) for t in threats], spec.n, spec.batch_size, seed, spec.union_only]
-    key = json.dumps(fields + ([spec.points] if spec.points else []))
-    state_path = out_dir / f".{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.state"
+    points = None if indices is None else hashlib.sha1(indices.tobytes()).hexdigest()
+    key = [[str(t) for t in threats], spec.n, spec.batch_size, seed, spec.union_only]
+    key = json.dumps(key + ([points] if points else []))
+    state_path = job.out_dir / f".{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.state"
     table = evaluate(
         model,
         test.x,
@@ -386,19 +432,24 @@ def _evaluate_groups(
         union_only=spec.union_only,
         seed=seed,
         state_path=state_path if threats else None,
-        progress=progress,
+        progress=job.progress,
         dataset=bundle.name,
         split="test",
+        shard=shard,
     )
-    state_path.unlink(missing_ok=True)
+    own_state = shard_state_path(state_path, shard) if threats else None
+    if shard.rank != 0:
+        return table, own_state  # rank 0 adds the groups that need no sharding and saves
     if spec.calibration:
         val = bundle.val if bundle.val is not None and len(bundle.val) else None
         add_calibration(table, model, (val.x, val.y) if val else None, spec.batch_size)
     if spec.corruptions:
+        # the corrupted copies are made from every evaluated image at once (held in memory)
+        images = test.x.materialize() if isinstance(test.x, LazyImages) else test.x
         add_corruptions(
             table,
             model,
-            test.x,
+            images,
             test.y,
             seed=seed,
             corruptions=spec.corruptions,
@@ -406,9 +457,9 @@ def _evaluate_groups(
             cache_dir=cache_dir() / "corruptions",
             dataset=bundle.name,
             batch_size=spec.batch_size,
-            progress=progress,
+            progress=job.progress,
         )
-    return table
+    return table, own_state
 
 
 def cache_dir() -> Path:

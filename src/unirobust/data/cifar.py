@@ -7,20 +7,34 @@ blue values of each 32x32 image, row-major) and ``labels``. CIFAR-100 (``cifar-1
 
 The pickles are read with a restricted unpickler that only resolves the numpy globals needed to
 rebuild arrays, so a tampered file cannot run code.
+
+**Reading in place.** :func:`open_cifar10` / :func:`open_cifar100` return each file as an
+:class:`~unirobust.data.source.ImageSource`. A file is unpickled once when opened (one file at a
+time; labels and names are kept, the pixels are not): if the pixel bytes of ``data`` are stored
+verbatim in the file -- as a binary string or bytes opcode (``BINSTRING``, ``BINBYTES``,
+``BINBYTES8``, ...), which is how the official Python-2 pickles and protocol >= 3 re-pickles store
+them -- the source reads just the rows asked for from that offset (:class:`RecordSource`, checked
+at opening against the unpickled array). Otherwise (e.g. a Python-3 protocol-2 copy, which stores
+bytes as a latin-1 text string) that one file is kept decoded in memory. Memory is therefore the
+batch being read, plus at opening one file and its decoded copy (30 MB each for a CIFAR-10 batch,
+150 MB for CIFAR-100's train file), released before the next file is opened.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unirobust.data.idx import DatasetFormatError
+from unirobust.data.source import ArraySource, ConcatSource, ImageSource, RecordSource
 from unirobust.errors import DatasetNotFoundError
 
-__all__ = ["load_cifar10", "load_cifar100", "resolve_cifar_dir"]
+__all__ = ["load_cifar10", "load_cifar100", "open_cifar10", "open_cifar100", "resolve_cifar_dir"]
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct, scalar
@@ -60,12 +74,9 @@ class _SafeUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _load_pickle(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DatasetNotFoundError(f"CIFAR file missing: {path}")
+def _unpickle(raw: bytes, path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            obj = _SafeUnpickler(fh, encoding="bytes").load()
+        obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise DatasetFormatError(f"{path}: not a readable CIFAR pickle ({exc})") from exc
     if not isinstance(obj, dict):
@@ -74,8 +85,49 @@ def _load_pickle(path: Path) -> dict[str, Any]:
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _images_labels(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    batch = _load_pickle(path)
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"CIFAR file missing: {path}")
+    return path.read_bytes()
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
+    return _unpickle(_read_bytes(path), path)
+
+
+# Pickle opcodes that store a byte string verbatim: opcode, then its length field's struct format.
+_RAW_OPCODES = (
+    (b"T", "<I"),
+    (b"B", "<I"),
+    (b"\x8e", "<Q"),
+    (b"\x96", "<Q"),
+    (b"U", "<B"),
+    (b"C", "<B"),
+)
+
+
+def _raw_offset(raw: bytes, data: np.ndarray) -> int | None:
+    """Byte offset in ``raw`` where ``data``'s C-order bytes are stored verbatim, else None."""
+    size = data.nbytes
+    flat = np.ascontiguousarray(data).reshape(-1)
+    for opcode, fmt in _RAW_OPCODES:
+        if size >= 1 << (8 * struct.calcsize(fmt)):
+            continue
+        header = opcode + struct.pack(fmt, size)
+        pos = raw.find(header)
+        while pos >= 0:
+            start = pos + len(header)
+            if start + size <= len(raw) and np.array_equal(
+                np.frombuffer(raw, dtype=np.uint8, count=size, offset=start), flat
+            ):
+                return start
+            pos = raw.find(header, pos + 1)
+    return None
+
+
+def _check_batch(
+    batch: dict[str, Any], path: Path, label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     for key in ("data", label_key):
         if key not in batch:
             raise DatasetFormatError(f"{path}: missing key {key!r} (found {sorted(batch)})")
@@ -89,7 +141,17 @@ def _images_labels(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFormatError(
             f"{path}: {data.shape[0]} images but {labels.shape[0]} {label_key}"
         )
-    return data.reshape(-1, 3, 32, 32), labels
+    return data, labels
+
+
+def _file_source(path: Path, label_key: str) -> tuple[ImageSource, np.ndarray]:
+    """One batch file as a source (read in place when possible; module docstring) + labels."""
+    raw = _read_bytes(path)
+    data, labels = _check_batch(_unpickle(raw, path), path, label_key)
+    offset = _raw_offset(raw, data)
+    if offset is None:
+        return ArraySource(data.reshape(-1, 3, 32, 32)), labels
+    return RecordSource(path, offset, data.shape[0], (3, 32, 32)), labels
 
 
 def _names(path: Path, key: str) -> list[str]:
@@ -120,6 +182,38 @@ def resolve_cifar_dir(data_dir: str | Path | None, *, cifar100: bool) -> Path:
     )
 
 
+def open_cifar10(
+    data_dir: str | Path | None,
+) -> tuple[ImageSource, np.ndarray, ImageSource, np.ndarray, list[str]]:
+    """``(train, y_train, test, y_test, class_names)`` with the images as sources.
+
+    The training source is ``data_batch_1`` .. ``data_batch_5`` in that order."""
+    folder = resolve_cifar_dir(data_dir, cifar100=False)
+    parts = [_file_source(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
+    train = ConcatSource([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    test, y_test = _file_source(folder / "test_batch", "labels")
+    names = _names(folder / "batches.meta", "label_names")
+    return train, y_train, test, y_test, names
+
+
+def open_cifar100(
+    data_dir: str | Path | None,
+) -> tuple[ImageSource, np.ndarray, ImageSource, np.ndarray, list[str]]:
+    """``(train, y_train, test, y_test, fine_class_names)`` for CIFAR-100 with image sources."""
+    folder = resolve_cifar_dir(data_dir, cifar100=True)
+    train, y_train = _file_source(folder / "train", "fine_labels")
+    test, y_test = _file_source(folder / "test", "fine_labels")
+    names = _names(folder / "meta", "fine_label_names")
+    return train, y_train, test, y_test, names
+
+
+def _in_memory(opened: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    train, y_train, test, y_test, names = opened
+    x_train = train.read(np.arange(len(train)))
+    return x_train, y_train, test.read(np.arange(len(test))), y_test, names
+
+
 def load_cifar10(
     data_dir: str | Path | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -127,21 +221,11 @@ def load_cifar10(
 
     The training set is the concatenation of ``data_batch_1`` .. ``data_batch_5`` in that order.
     """
-    folder = resolve_cifar_dir(data_dir, cifar100=False)
-    parts = [_images_labels(folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
-    x_train = np.concatenate([p[0] for p in parts])
-    y_train = np.concatenate([p[1] for p in parts])
-    x_test, y_test = _images_labels(folder / "test_batch", "labels")
-    names = _names(folder / "batches.meta", "label_names")
-    return x_train, y_train, x_test, y_test, names
+    return _in_memory(open_cifar10(data_dir))
 
 
 def load_cifar100(
     data_dir: str | Path | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Return ``(x_train, y_train, x_test, y_test, fine_class_names)`` for CIFAR-100 (fine)."""
-    folder = resolve_cifar_dir(data_dir, cifar100=True)
-    x_train, y_train = _images_labels(folder / "train", "fine_labels")
-    x_test, y_test = _images_labels(folder / "test", "fine_labels")
-    names = _names(folder / "meta", "fine_label_names")
-    return x_train, y_train, x_test, y_test, names
+    return _in_memory(open_cifar100(data_dir))

@@ -6,6 +6,11 @@ the augmentation parameters of the whole *global* batch. A sharded loader draws 
 numbers and keeps its rows, so what a process sees never depends on how many processes there are.
 Random parameters are drawn on the CPU and moved to the data's device, so CPU and GPU runs see the
 same crops and flips.
+
+A streamed training split whose source has a random transform (``imagefolder``'s random-resized
+crop) gets, after the batch's augmentation parameters, ``source.random_numbers`` uniform float64
+numbers per sample of the global batch from the same generator; the rank's slice of them goes to
+the decoder. In-memory splits draw nothing more, so their streams are unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unirobust.data.source import LazyImages
 from unirobust.data.split import Split
 from unirobust.errors import ConfigError
 from unirobust.seeding import derive_seed
@@ -178,6 +184,8 @@ class BatchLoader:
         n = len(self.split)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         data_dev = self.split.x.device
+        lazy = self.split.x if isinstance(self.split.x, LazyImages) else None
+        k = lazy.random_numbers if lazy is not None else 0
         for i in range(len(self)):
             batch = order[i * self.batch_size : (i + 1) * self.batch_size]
             b = batch.numel()
@@ -185,7 +193,12 @@ class BatchLoader:
             hi = (self.rank + 1) * b // self.world_size
             params = self.augment.sample(b, gen) if self.augment is not None else None
             rows = batch[lo:hi].to(data_dev)
-            x = self.split.x[rows].to(self.device)
+            if lazy is not None:
+                numbers = torch.rand(b, k, generator=gen, dtype=torch.float64) if k else None
+                part = None if numbers is None else numbers[lo:hi].numpy()
+                x = lazy.read(rows, part).to(self.device)
+            else:
+                x = self.split.x[rows].to(self.device)
             y = self.split.y[rows].to(self.device)
             if params is not None and self.augment is not None:
                 x = self.augment.apply(x, params[lo:hi])

@@ -21,7 +21,17 @@ Conventions
   the total is exactly ``val_size``. ``val_size=0`` gives ``val=None``.
 - ``n_train`` picks that many of the remaining training points with the same rule (and an
   independent stream of the same seed). ``n_test`` keeps the *first* ``n_test`` test points.
+- ``test_indices`` (an index list, e.g. from :func:`~unirobust.data.index_list.read_index_list`)
+  evaluates those test-file positions, in the list's order; ``n_test`` then keeps the first
+  ``n_test`` of them (multinorm.md §8: ImageNet is evaluated on a stored fixed list, because the
+  class-sorted validation order makes the first N points biased).
 - Selected rows keep their original (ascending) order.
+
+Streaming: a loader may return an :class:`~unirobust.data.source.ImageSource` instead of an
+array. ``stream=True`` (and always for a source that can only stream, such as ``imagefolder``)
+gives splits whose ``x`` is :class:`~unirobust.data.source.LazyImages`: only labels and row
+positions are held, each batch is read when used. Otherwise the selected rows are read into
+float32 tensors on ``device``, exactly as before.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from unirobust.data.source import ArraySource, ImageSource, LazyImages
 from unirobust.data.split import DatasetBundle, Split
 from unirobust.errors import ConfigError
 from unirobust.registry import Entry, Registry
@@ -72,8 +83,9 @@ class DatasetSpec(Spec):
 @dataclass(frozen=True)
 class RawData:
     """A dataset's two files as its loader reads them: ``(N, C, H, W)`` images (numpy arrays or
-    CPU tensors of any numeric type; divided by ``scale`` they lie in [0, 1]) or, for a text
-    dataset, ``(N, K, L)`` packed token ids (``scale`` unused), integer labels
+    CPU tensors of any numeric type, divided by ``scale`` they lie in [0, 1]; or
+    :class:`~unirobust.data.source.ImageSource` objects, which carry their own scale) or, for a
+    text dataset, ``(N, K, L)`` packed token ids (``scale`` unused), integer labels
     ``0..len(class_names)-1`` and the class names."""
 
     x_train: Any
@@ -168,14 +180,54 @@ def _check_count(what: str, value: int | None, low: int, high: int) -> None:
         raise ConfigError(f"{what}={value!r} is out of range; allowed: integers {low}..{high}")
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+    if isinstance(x, ImageSource):
+        return (len(x), *x.image_shape)
+    return tuple(int(v) for v in np.shape(x))
+
+
 def _make_split(
-    x: np.ndarray, y: np.ndarray, rows: np.ndarray, scale: float | None, device: torch.device
+    x: Any,
+    y: np.ndarray,
+    rows: np.ndarray,
+    scale: float | None,
+    device: torch.device,
+    *,
+    stream: bool = False,
+    train: bool = False,
 ) -> Split:
-    """Rows of one file; images become float [0, 1] (``scale``), tokens (``None``) stay int64."""
-    xt = torch.from_numpy(np.ascontiguousarray(x[rows])).to(device)
+    """The split of ``rows``: lazy when streamed (module docstring), else tensors on ``device``;
+    images become float [0, 1] (``scale``), token ids (``scale=None``) stay int64.
+
+    ``train`` marks the training split, whose loader may apply the source's random transform."""
+    idx = torch.from_numpy(rows.astype(np.int64))
+    if isinstance(x, ImageSource) and (stream or x.stream_only):
+        return Split(LazyImages(x, rows, train=train), torch.from_numpy(y[rows]), idx)
+    if stream and scale is not None:
+        return Split(LazyImages(ArraySource(x, scale), rows), torch.from_numpy(y[rows]), idx)
+    raw = x.read(rows) if isinstance(x, ImageSource) else x[rows]
+    scale = x.scale if isinstance(x, ImageSource) else scale
+    xt = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
     xt = xt.to(torch.int64) if scale is None else xt.to(torch.float32).div_(scale)
     yt = torch.from_numpy(y[rows]).to(device)
-    return Split(xt, yt, torch.from_numpy(rows.astype(np.int64)).to(device))
+    return Split(xt, yt, idx.to(device))
+
+
+def _test_rows(canon: str, available: np.ndarray, test_indices: Any, n_file: int) -> np.ndarray:
+    """Test-file positions to evaluate: all ``available`` ones, or the given index list."""
+    if test_indices is None:
+        return available
+    rows = np.asarray(test_indices, dtype=np.int64).reshape(-1)
+    if rows.size == 0 or np.unique(rows).size != rows.size:
+        raise ConfigError(f"{canon}: the test index list must be non-empty without repeats")
+    outside = rows[~np.isin(rows, available)]
+    if outside.size:
+        where = f"0..{n_file - 1}" if available.size == n_file else "the kept classes"
+        raise ConfigError(
+            f"{canon}: test index {int(outside[0])} is not a test point here (allowed: {where}; "
+            f"{outside.size} such indices in the list)"
+        )
+    return rows
 
 
 def dataset_spec(name: str, options: dict[str, Any]) -> DatasetSpec:
@@ -195,10 +247,10 @@ def _read(entry: Entry[RawData], data_dir: str | None, options: dict[str, Any]) 
     tokens = _is_text(entry)
     what, dims, ndim = ("token ids", "(N, K, L)", 3) if tokens else ("images", "(N, C, H, W)", 4)
     for part, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
-        if np.ndim(x) != ndim or len(x) != len(y):
+        if len(_shape(x)) != ndim or _shape(x)[0] != len(y):
             raise ConfigError(
                 f"dataset '{entry.name}': {part} {what} must be {dims} with one label each, "
-                f"got shape {tuple(np.shape(x))} and {len(y)} labels"
+                f"got shape {_shape(x)} and {len(y)} labels"
             )
     return raw
 
@@ -230,26 +282,30 @@ def load_dataset(
     seed: int = 0,
     device: str | torch.device = "cpu",
     classes: list[int] | None = None,
+    stream: bool = False,
+    test_indices: Any = None,
     **options: Any,
 ) -> DatasetBundle:
-    """Load a registered dataset into memory as float [0, 1] tensors on ``device``.
+    """Load a registered dataset as float [0, 1] tensors on ``device``, or streamed.
 
     Names (:func:`list_datasets`): ``fashion_mnist`` (alias ``fmnist``; default dir: the Debian
     dataset-fashion-mnist package), ``digits``, ``cifar10``, ``cifar100`` (``data_dir`` contains
     ``cifar-10-batches-py/`` / ``cifar-100-python/`` or is that folder), ``imagefolder``
-    (``data_dir`` with ``train/`` and ``val/`` class folders, resized to the option
-    ``image_size``, default 64; needs torchvision; ``val/`` becomes the test split), and any
-    dataset registered in :data:`DATASETS`. ``options`` are the dataset's own options, validated
-    by its spec. See the module docstring for how the validation split, ``n_train`` and
-    ``n_test`` are chosen. ``classes`` keeps only those classes of the files, relabelled
-    0..k-1 in the order given (a transfer task: pretrain on some classes, fine-tune on others);
-    split indices stay positions in the original files.
+    (``data_dir`` with ``train/`` and ``val/`` class folders, decoded with Pillow and cropped to
+    the option ``image_size``, default 64; always streamed; ``val/`` becomes the test split), and
+    any dataset registered in :data:`DATASETS`. ``options`` are the dataset's own options,
+    validated by its spec. See the module docstring for how the validation split, ``n_train``,
+    ``n_test`` and ``test_indices`` are chosen, and for ``stream``. ``classes`` keeps only those
+    classes of the files, relabelled 0..k-1 in the order given (a transfer task: pretrain on
+    some classes, fine-tune on others); split indices stay positions in the original files.
     """
     ddir = None if data_dir is None else str(Path(data_dir).expanduser())
     entry = _entry(name)
     canon = entry.name
     raw = _read(entry, ddir, options)
-    xtr, xte = np.asarray(raw.x_train), np.asarray(raw.x_test)
+    xtr, xte = (
+        x if isinstance(x, ImageSource) else np.asarray(x) for x in (raw.x_train, raw.x_test)
+    )
     ytr = np.asarray(raw.y_train, dtype=np.int64)
     yte = np.asarray(raw.y_test, dtype=np.int64)
     class_names = list(raw.class_names)
@@ -268,6 +324,7 @@ def load_dataset(
         )
         ytr, yte = relabel[ytr], relabel[yte]
         class_names, num_classes = [class_names[c] for c in classes], len(classes)
+    test_rows_all = _test_rows(canon, test_rows_all, test_indices, len(yte))
     n_all, n_test_all = len(train_rows), len(test_rows_all)
 
     _check_count("val_size", val_size, 0, n_all - 1)
@@ -282,21 +339,21 @@ def load_dataset(
     if val_size > 0:
         val_mask = stratified_pick(labels, val_size, derive_seed(seed, _SALT_VAL), num_classes)
         val_mask_np = val_mask.numpy()
-        val = _make_split(xtr, ytr, pool[val_mask_np], scale, dev)
+        val = _make_split(xtr, ytr, pool[val_mask_np], scale, dev, stream=stream)
         labels = labels[~val_mask]
         pool = pool[~val_mask_np]
     if n_train is not None and n_train < len(pool):
         keep = stratified_pick(labels, n_train, derive_seed(seed, _SALT_TRAIN), num_classes)
         pool = pool[keep.numpy()]
-    train = _make_split(xtr, ytr, pool, scale, dev)
+    train = _make_split(xtr, ytr, pool, scale, dev, stream=stream, train=True)
     test_rows = test_rows_all[: n_test_all if n_test is None else n_test]
-    test = _make_split(xte, yte, test_rows, scale, dev)
+    test = _make_split(xte, yte, test_rows, scale, dev, stream=stream)
     return DatasetBundle(
         name=canon,
         train=train,
         val=val,
         test=test,
         num_classes=num_classes,
-        input_shape=tuple(int(v) for v in xtr.shape[1:]),
+        input_shape=_shape(xtr)[1:],
         class_names=list(class_names),
     )

@@ -1,6 +1,7 @@
 """The built-in datasets, each a spec and a loader registered in :data:`DATASETS`.
 
-A loader returns the dataset's whole train and test files as :class:`RawData`;
+A loader returns the dataset's whole train and test files as :class:`RawData` (CIFAR and
+imagefolder as image sources read on demand, the small sets as arrays);
 :func:`~unirobust.data.registry.load_dataset` picks validation, ``n_train`` and ``n_test`` the same
 way for every dataset. File readers are imported inside the loaders, so registering costs nothing.
 
@@ -16,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from unirobust.data.registry import DATASETS, DatasetSpec, RawData, stratified_pick
 
@@ -57,10 +58,31 @@ class Cifar100Spec(DatasetSpec):
 
 
 class ImageFolderSpec(DatasetSpec):
-    """Images resized to ``image_size`` (shorter side, then centre crop): no fixed shape."""
+    """``train/`` and ``val/`` folders of class folders, decoded with Pillow on read (streamed).
+
+    Evaluation transform: shorter side to ``resize_size`` (default ``image_size * 256 / 224``,
+    rounded), centre crop ``image_size``. Training (``train_crop: random_resized``): random-resized
+    crop (area fraction in ``crop_scale``) to ``image_size`` and a horizontal flip, drawn from the
+    training loader's generator; ``center`` uses the evaluation transform for training too.
+    ``decode_threads`` threads decode each batch (the images do not depend on it)."""
 
     name: Literal["imagefolder"] = "imagefolder"
     image_size: int = Field(64, ge=8)
+    resize_size: int | None = Field(None, ge=8)
+    train_crop: Literal["random_resized", "center"] = "random_resized"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    decode_threads: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ImageFolderSpec:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            raise ValueError(
+                f"resize_size ({self.resize_size}) must be >= image_size ({self.image_size})"
+            )
+        return self
 
 
 class TextSpec(DatasetSpec):
@@ -108,26 +130,34 @@ def digits(spec: DigitsSpec, data_dir: str | None) -> RawData:
 
 @DATASETS.register("cifar10", Cifar10Spec)
 def cifar10(spec: Cifar10Spec, data_dir: str | None) -> RawData:
-    """CIFAR-10: 50000/10000 colour 32x32 images, 10 classes (python pickles)."""
-    from unirobust.data.cifar import load_cifar10
+    """CIFAR-10: 50000/10000 colour 32x32 images, 10 classes (python pickles, read in place)."""
+    from unirobust.data.cifar import open_cifar10
 
-    return RawData(*load_cifar10(data_dir))
+    return RawData(*open_cifar10(data_dir))
 
 
 @DATASETS.register("cifar100", Cifar100Spec)
 def cifar100(spec: Cifar100Spec, data_dir: str | None) -> RawData:
     """CIFAR-100: 50000/10000 colour 32x32 images, 100 fine classes (python pickles)."""
-    from unirobust.data.cifar import load_cifar100
+    from unirobust.data.cifar import open_cifar100
 
-    return RawData(*load_cifar100(data_dir))
+    return RawData(*open_cifar100(data_dir))
 
 
 @DATASETS.register("imagefolder", ImageFolderSpec)
 def imagefolder(spec: ImageFolderSpec, data_dir: str | None) -> RawData:
-    """train/ and val/ folders of class folders (needs torchvision); val/ is the test split."""
-    from unirobust.data.imagefolder import load_imagefolder
+    """train/ and val/ folders of class folders (Pillow, streamed); val/ is the test split."""
+    from unirobust.data.imagefolder import open_imagefolder
 
-    return RawData(*load_imagefolder(data_dir, image_size=spec.image_size))
+    train, y_train, test, y_test, classes = open_imagefolder(
+        data_dir,
+        image_size=spec.image_size,
+        resize_size=spec.resize_size,
+        train_crop=spec.train_crop,
+        crop_scale=spec.crop_scale,
+        threads=spec.decode_threads,
+    )
+    return RawData(train, y_train, test, y_test, classes)
 
 
 @DATASETS.register("text", TextSpec)

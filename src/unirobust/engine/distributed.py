@@ -129,6 +129,23 @@ def init_distributed(mode: str, n_experts: int, device: torch.device) -> DistCon
     )
 
 
+def join_process_group(device: torch.device) -> tuple[torch.device, bool]:
+    """Under torchrun, join its process group for a job without a training layout (evaluation).
+
+    Backend gloo on the CPU, nccl on CUDA, where each rank takes GPU ``LOCAL_RANK`` of its node.
+    Returns this rank's device and whether the group was created here (the caller then ends it
+    with :func:`shutdown_distributed`). Outside torchrun: ``(device, False)``."""
+    if not launched_by_torchrun():
+        return device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device, True
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -45,6 +45,7 @@ class Summary:
     CHECKPOINT = "checkpoint"
     MODEL_PATH = "model_path"
     SESSION_S = "session_s"
+    PROCESSES = "processes"
 
 
 #: Keys every summary has (a JSON file without them is not an evaluation summary).

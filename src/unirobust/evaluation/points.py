@@ -13,8 +13,9 @@ Built-in lists (``point_lists/<name>.txt``, one position per line):
   stored instead). Kept in the drawn order, so every prefix (``eval.n``) is itself a uniform
   random subset.
 
-``eval.points`` also accepts a path to such a text file. Positions refer to the test file's
-rows before any ``data.classes`` filtering; :func:`select_points` maps them to the split.
+``eval.points`` also accepts a path to such a file (text integers or ``.npy``). Positions refer
+to the test file's rows before any ``data.classes`` filtering; the dataset loader
+(``load_dataset(test_indices=...)``) reads just those rows, streamed, in list order.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from unirobust.data.split import Split
+from unirobust.data.index_list import read_index_list
 from unirobust.errors import ConfigError
 
-__all__ = ["BUILTIN_POINTS", "check_points_name", "read_points", "select_points"]
+__all__ = ["BUILTIN_POINTS", "check_points_name", "read_points"]
 
 _DIR = Path(__file__).with_name("point_lists")
 BUILTIN_POINTS: tuple[str, ...] = ("imagenet-val-10k",)
@@ -43,36 +43,10 @@ def check_points_name(value: str) -> str:
     )
 
 
-def read_points(name: str) -> np.ndarray:
-    """The positions of a built-in list or a text file: int64, unique, non-negative."""
+def read_points(name: str, n: int | None = None) -> np.ndarray:
+    """The positions of a built-in list or a file (text integers or ``.npy``, read by
+    :func:`~unirobust.data.index_list.read_index_list`), in list order; the first ``n`` (the
+    whole list when it is shorter: ``eval.n`` defaults to 1000)."""
     path = _DIR / f"{name}.txt" if name in BUILTIN_POINTS else Path(name).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read eval.points '{name}': {err.strerror}") from None
-    try:
-        points = np.array([int(line) for line in text.split()], dtype=np.int64)
-    except ValueError:
-        raise ConfigError(
-            f"eval.points '{name}': every line must be one integer position"
-        ) from None
-    if points.size == 0 or points.min() < 0 or np.unique(points).size != points.size:
-        raise ConfigError(
-            f"eval.points '{name}' must list distinct non-negative positions ({points.size} read)"
-        )
-    return points
-
-
-def select_points(split: Split, points: np.ndarray, n: int | None, name: str) -> Split:
-    """The rows of ``split`` at the listed original positions, in list order; the first ``n``."""
-    if n is not None and n > points.size:
-        raise ConfigError(f"eval.n is {n} but eval.points '{name}' lists {points.size} points")
-    chosen = points if n is None else points[:n]
-    row_of = {int(i): r for r, i in enumerate(split.indices.tolist())}
-    missing = [int(i) for i in chosen if int(i) not in row_of]
-    if missing:
-        raise ConfigError(
-            f"eval.points '{name}' lists test position {missing[0]} ({len(missing)} missing), "
-            f"but the test split has {len(split)} points: is it the dataset the list is for?"
-        )
-    return split.subset(torch.tensor([row_of[int(i)] for i in chosen], dtype=torch.int64))
+    points = read_index_list(path)
+    return points if n is None else points[:n]

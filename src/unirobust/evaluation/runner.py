@@ -29,6 +29,19 @@ chunks are never re-attacked. A state written for a different evaluation is refu
 (``ConfigError``). The state file is kept after completion; calling again returns the finished
 results without attacking.
 
+**Several processes** (issue 11; :mod:`unirobust.evaluation.sharding`). With a ``shard`` of
+``world_size > 1`` (``unirobust eval`` under torchrun) the clean batches and each threat's chunks
+are dealt round-robin to the ranks; chunk ``k`` holds the same points, and is attacked with the
+same seed, as chunk ``k`` of a single process, so the merged table equals the single-process table
+bit for bit. Each rank keeps its own state file (``NAME.rankR-of-W.npz``-style, with the rank in
+the fingerprint): killing any rank and re-running the same command resumes every rank after its
+last finished chunk. Union-only mode exchanges each threat's column before the next threat; full
+mode exchanges once at the end. Every rank returns the merged table.
+
+**Streaming.** ``x`` may be a :class:`~unirobust.data.source.LazyImages` (a streamed split): the
+clean pass, the attacks and the examples read only the rows they use, so memory holds one chunk
+of images, not the evaluation set. The data fingerprint is a hash of per-clean-batch hashes.
+
 **Adversarial examples.** When the suite returns its adversarial inputs, the first
 ``n_examples`` attacked points of each threat (clean-correct, in evaluation order; usually the
 first chunk) are kept with their final adversarial input and the prediction on it, in the state
@@ -39,6 +52,7 @@ with none for the chunks it had finished.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -59,6 +73,7 @@ from unirobust.evaluation.checks import EvaluationWarning, check_black_box, run_
 from unirobust.evaluation.clean import clean_logits
 from unirobust.evaluation.keys import Summary
 from unirobust.evaluation.results import NOT_ATTACKED, AdvExamples, EvalResults, model_hash
+from unirobust.evaluation.sharding import Shard, shard_state_path
 from unirobust.evaluation.suites import Suite, get_suite
 from unirobust.io import atomic_write_bytes
 from unirobust.models import model_device
@@ -96,12 +111,57 @@ def order_threats(threats: Sequence[ThreatModel], union_only: bool) -> list[Thre
     return sorted(threats, key=lambda t: rank.get(t.norm, len(UNION_ORDER)))
 
 
-def _data_hash(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> str:
+def _batch_digest(x: torch.Tensor, y: torch.Tensor, indices: np.ndarray) -> np.ndarray:
+    """sha256 of one clean batch's float32 inputs, labels and indices, as 32 int64 values."""
     digest = hashlib.sha256()
     digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     digest.update(y.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
     digest.update(indices.astype(np.int64).tobytes())
-    return digest.hexdigest()[:16]
+    return np.frombuffer(digest.digest(), dtype=np.uint8).astype(np.int64)
+
+
+def _clean_pass(
+    model: torch.nn.Module,
+    x: Any,
+    y: torch.Tensor,
+    indices: np.ndarray,
+    batch_size: int,
+    shard: Shard,
+) -> tuple[np.ndarray, str]:
+    """Clean logits ``(N, K)`` float32 of every point and the data hash, from batches of
+    ``batch_size`` points (this rank computes its own, the rest come from the other ranks)."""
+    n = int(y.shape[0])
+    n_batches = (n + batch_size - 1) // batch_size
+    digests = np.zeros((n_batches, 32), dtype=np.int64)
+    parts: dict[int, np.ndarray] = {}
+    for j in range(n_batches):
+        if not shard.owns(j):
+            continue
+        rows = np.arange(j * batch_size, min(n, (j + 1) * batch_size))
+        xb = x[torch.as_tensor(rows)]
+        parts[j] = clean_logits(model, xb, batch_size).numpy()
+        digests[j] = _batch_digest(xb, y[rows], indices[rows])
+    n_classes = _n_classes(model, x, parts, shard)
+    logits = np.zeros((n, n_classes), dtype=np.float32)
+    mine = np.zeros(n, dtype=bool)
+    for j, part in parts.items():
+        logits[j * batch_size : j * batch_size + part.shape[0]] = part
+        mine[j * batch_size : j * batch_size + part.shape[0]] = True
+    every = np.ones(n, dtype=bool)
+    logits = shard.merge_rows(logits, mine, every)
+    owned = np.array([shard.owns(j) for j in range(n_batches)], dtype=bool)
+    digests = shard.merge_rows(digests, owned, np.ones(n_batches, dtype=bool))
+    total = hashlib.sha256(digests.astype(np.uint8).tobytes()).hexdigest()[:16]
+    return logits, total
+
+
+def _n_classes(model: torch.nn.Module, x: Any, parts: dict[int, np.ndarray], shard: Shard) -> int:
+    """Number of logits; a rank with no clean batch asks the model (all ranks agree)."""
+    if parts:
+        return int(next(iter(parts.values())).shape[1])
+    if len(x) == 0:
+        return int(clean_logits(model, torch.zeros(1, *x.shape[1:]), 1).shape[1])
+    return int(clean_logits(model, x[:1], 1).shape[1])
 
 
 class _State:
@@ -218,6 +278,7 @@ def evaluate(
     on_chunk: ChunkCallback | None = None,
     sanity_checks: bool = True,
     n_examples: int = N_EXAMPLES,
+    shard: Shard | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on ``(x, y)`` under every threat with an attack suite.
 
@@ -225,7 +286,8 @@ def evaluate(
         model: classifier returning logits for inputs in [0,1]; its mode and parameter
             ``requires_grad`` flags are restored, the global RNG is untouched. Evaluation runs
             in float32 with autocast off (through a float32 copy if the model is not float32).
-        x, y: points (N, C, H, W) in [0,1] and int labels (N,).
+        x, y: points (N, C, H, W) in [0,1] (a tensor, or a streamed split's
+            :class:`~unirobust.data.source.LazyImages`) and int labels (N,).
         indices: original dataset indices of the points (``None``: 0..N-1), stored per sample.
         threats: ``"linf:8/255,l2:0.5,l1:12"``, a ThreatModel or a list of either.
         suite: ``"aa-apgd"``, ``"aa-standard"``, ``"fast"`` or a :class:`Suite`.
@@ -241,6 +303,9 @@ def evaluate(
         sanity_checks: run :func:`~unirobust.evaluation.checks.run_sanity_checks` on the first
             batch (warnings only).
         n_examples: adversarial examples kept per threat (see the module docstring; 0: none).
+        shard: this process's rank among several evaluating the same points together
+            (:func:`~unirobust.evaluation.sharding.current_shard` under torchrun; default: one
+            process). ``state_path`` then names each rank's own state file.
 
     Returns:
         :class:`EvalResults` with one row per point.
@@ -261,16 +326,20 @@ def evaluate(
         ).reshape(-1)
     if idx_np.size != n:
         raise ConfigError(f"{n} inputs but {idx_np.size} indices")
-    state_file = Path(state_path) if state_path is not None else None
+    shard = shard or Shard()
+    state_file = shard_state_path(state_path, shard)
 
     session_start = time.perf_counter()
     device = model_device(model)
-    x = float_inputs(x.detach())  # images in float32; token ids (text models) as they are
-    y = y.detach().to(torch.long)
-    labels = y.cpu().numpy().astype(np.int64)
+    if isinstance(x, torch.Tensor):
+        x = float_inputs(x.detach())  # images in float32; token ids (text models) as they are
+    y = y.detach().to(torch.long).cpu()
+    labels = y.numpy().astype(np.int64)
 
     mhash = model_hash(model)
     model = _fp32_model(model)  # evaluation runs in float32 (a copy if the model is not fp32)
+    logits_np, data_hash = _clean_pass(model, x, y, idx_np, batch_size, shard)
+    logits = torch.from_numpy(logits_np)  # the clean group, kept in the table
     fingerprint = {
         "suite": suite_obj.name,
         "threats": specs,
@@ -278,13 +347,12 @@ def evaluate(
         "batch_size": int(batch_size),
         "union_only": bool(union_only),
         "model_hash": mhash,
-        "data_hash": _data_hash(x, y, idx_np),
+        "data_hash": data_hash,
         "n_points": n,
     }
-
-    logits = clean_logits(model, x, batch_size)  # the clean group, kept in the table
-    clean_pred = logits.argmax(dim=1)
-    clean_correct = (clean_pred == y.cpu()).numpy()
+    if shard.enabled:
+        fingerprint["shard"] = [shard.rank, shard.world_size]
+    clean_correct = (logits.argmax(dim=1) == y).numpy()
 
     example_shape = (max(0, int(n_examples)), *x.shape[1:])
     if state_file is not None and state_file.exists():
@@ -299,18 +367,22 @@ def evaluate(
         state.save(state_file)
 
     all_done = all(
-        state.chunks_done[t] >= _n_chunks(_active(state, t, union_only), batch_size)
+        state.chunks_done[t] >= len(_own_chunks(_active(state, t, union_only), batch_size, shard))
         for t in range(len(specs))
     )
-    if sanity_checks and n and not all_done:
+    if sanity_checks and n and not all_done and shard.rank == 0:
         m = min(n, batch_size, 200)
         run_sanity_checks(model, x[:m].to(device), y[:m].to(device))
 
     session_chunk_time = 0.0
+    who = f"rank {shard.rank}/{shard.world_size} " if shard.enabled else ""
     for t, threat in enumerate(threat_list):
-        active_idx = np.nonzero(_active(state, t, union_only))[0]
+        active = _active(state, t, union_only)
+        active_idx = np.nonzero(active)[0]
         n_chunks = _n_chunks(active_idx, batch_size)
-        for k in range(int(state.chunks_done[t]), n_chunks):
+        mine = _own_chunks(active, batch_size, shard)
+        for j in range(int(state.chunks_done[t]), len(mine)):
+            k = mine[j]
             chunk_start = time.perf_counter()
             rows = active_idx[k * batch_size : (k + 1) * batch_size]
             rows_t = torch.as_tensor(rows, dtype=torch.long)
@@ -329,34 +401,42 @@ def evaluate(
             for a, name in enumerate(state.attacks):
                 if name in out.fooled_by:
                     state.fooled_counts[t, a] += int(out.fooled_by[name].sum())
-            state.chunks_done[t] = k + 1
+            state.chunks_done[t] = j + 1
             chunk_time = time.perf_counter() - chunk_start
             session_chunk_time += chunk_time
             state.wall_time_s += chunk_time
             state.save(state_file)
             if progress:
                 print(
-                    f"[unirobust eval] {suite_obj.name} {threat}: chunk {k + 1}/{n_chunks} "
+                    f"[unirobust eval] {who}{suite_obj.name} {threat}: chunk {k + 1}/{n_chunks} "
                     f"({rows.size} points, {int(robust_rows.sum())} robust)",
                     file=sys.stderr,
                     flush=True,
                 )
             if on_chunk is not None:
                 on_chunk(specs[t], k, n_chunks)
-        if n_chunks:
-            counts = {a: int(state.fooled_counts[t, i]) for i, a in enumerate(state.attacks)}
-            message = check_black_box(counts, n)
-            if message:
-                warnings.warn(f"{threat}: {message}", EvaluationWarning, stacklevel=2)
+        if shard.enabled and union_only:  # the next threat attacks what is robust on every rank
+            state.robust[t] = _merge_column(state, t, union_only, batch_size, shard)
+            state.save(state_file)
+        if n_chunks and not shard.enabled:
+            _warn_black_box(threat, state, t, n)
 
     # Add this session's overhead (clean pass, checks, io) to the summed chunk times.
     state.wall_time_s += (time.perf_counter() - session_start) - session_chunk_time
     state.save(state_file)
+    robust = {
+        spec: _merge_column(state, t, union_only, batch_size, shard) for t, spec in enumerate(specs)
+    }
+    fooled_counts = shard.sum(state.fooled_counts)
+    if shard.enabled and shard.rank == 0:
+        for t, threat in enumerate(threat_list):
+            if _n_chunks(np.nonzero(_active(state, t, union_only))[0], batch_size):
+                _warn_black_box(threat, state, t, n, fooled_counts)
     return EvalResults(
         indices=idx_np,
         labels=labels,
         clean_correct=clean_correct,
-        robust={spec: state.robust[t].copy() for t, spec in enumerate(specs)},
+        robust=robust,
         suite=suite_obj.name if specs else "",  # no attack ran without threats
         threats=specs,
         threat_labels=[t.label for t in threat_list],
@@ -366,10 +446,62 @@ def evaluate(
         seed=int(seed),
         batch_size=int(batch_size),
         union_only=bool(union_only),
-        wall_time_s=float(state.wall_time_s),
-        logits=logits.numpy(),
-        examples=_examples(state, specs, x, idx_np, labels),
+        wall_time_s=shard.max(float(state.wall_time_s)),
+        logits=logits_np,
+        examples=_examples(_merge_examples(state, shard), specs, x, idx_np, labels),
     )
+
+
+def _own_chunks(active: np.ndarray, batch_size: int, shard: Shard) -> list[int]:
+    """Chunk numbers of this rank among the chunks of the ``active`` points."""
+    return [k for k in range(_n_chunks(active, batch_size)) if shard.owns(k)]
+
+
+def _merge_column(
+    state: _State, t: int, union_only: bool, batch_size: int, shard: Shard
+) -> np.ndarray:
+    """Threat ``t``'s robust column with every rank's chunks (this rank's state if alone)."""
+    column = state.robust[t].copy()
+    if not shard.enabled:
+        return column
+    active_idx = np.nonzero(_active(state, t, union_only))[0]
+    mine = np.zeros(column.size, dtype=bool)
+    for k in _own_chunks(_active(state, t, union_only), batch_size, shard):
+        mine[active_idx[k * batch_size : (k + 1) * batch_size]] = True
+    anyone = np.zeros(column.size, dtype=bool)
+    anyone[active_idx] = True
+    return shard.merge_rows(column, mine, anyone)
+
+
+def _warn_black_box(
+    threat: ThreatModel, state: _State, t: int, n: int, counts: np.ndarray | None = None
+) -> None:
+    table = state.fooled_counts if counts is None else counts
+    message = check_black_box({a: int(table[t, i]) for i, a in enumerate(state.attacks)}, n)
+    if message:
+        warnings.warn(f"{threat}: {message}", EvaluationWarning, stacklevel=3)
+
+
+def _merge_examples(state: _State, shard: Shard) -> _State:
+    """``state`` with, per threat, the ``n_examples`` lowest-row examples of all ranks (the
+    first points attacked, as a single process keeps them)."""
+    if not shard.enabled or state.example_rows.shape[1] == 0:
+        return state
+    rows = np.concatenate(shard.gather(state.example_rows), axis=1)
+    pred = np.concatenate(shard.gather(state.example_pred), axis=1)
+    adv = np.concatenate(shard.gather(state.example_adv), axis=1)
+    keep = state.example_rows.shape[1]
+    merged = copy.copy(state)
+    merged.example_rows = np.full_like(state.example_rows, -1)
+    merged.example_pred = np.full_like(state.example_pred, -1)
+    merged.example_adv = np.zeros_like(state.example_adv)
+    for t in range(rows.shape[0]):
+        filled = np.flatnonzero(rows[t] >= 0)
+        order = filled[np.argsort(rows[t, filled], kind="stable")][:keep]
+        merged.example_rows[t, : order.size] = rows[t, order]
+        merged.example_pred[t, : order.size] = pred[t, order]
+        merged.example_adv[t, : order.size] = adv[t, order]
+    return merged
 
 
 def _examples(
