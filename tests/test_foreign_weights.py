@@ -200,6 +200,7 @@ def test_cli_import_for_a_dataset_without_fixed_shape(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     loaded, meta = load_model(out)
     assert meta["input_shape"] == [3, 32, 32] and meta["dataset"] == "imagefolder"
+    assert meta["data_options"] == {"image_size": 32}  # eval preprocesses at the same size
     assert _equal_body(loaded, body)
     digits = ["import-weights", str(source), "--model", "mlp", "--dataset", "digits"]
     result = runner.invoke(app, [*digits, "--image-size", "8", "--out", str(tmp_path / "d.st")])

@@ -396,6 +396,7 @@ def import_weights_(
             dataset=dataset,
             data_dir=data_dir,
             prefix=prefix,
+            data_options={"image_size": image_size} if image_size is not None else None,
         )
         out.print(f"wrote {path}; evaluate it with: unirobust eval {path} --threats ...")
 

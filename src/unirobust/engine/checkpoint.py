@@ -231,6 +231,7 @@ def import_weights(
     data_dir: str | None = None,
     options: dict[str, Any] | None = None,
     prefix: str | None = None,
+    data_options: dict[str, Any] | None = None,
 ) -> Path:
     """Convert a plain PyTorch state dict (e.g. an official Generalist checkpoint) to our format.
 
@@ -239,7 +240,8 @@ def import_weights(
     robustness library's ``model.``/``attacker.``/``normalizer.``, RobustBench's ``normalize.``/
     ``model.``) is reduced to the model's sub-dict, ``prefix`` if given
     (:func:`~unirobust.engine.foreign.fit_foreign_state`); every weight must fit the named model
-    exactly. The result loads with :func:`load_model` and ``unirobust eval``.
+    exactly. The result loads with :func:`load_model` and ``unirobust eval``; ``data_options``
+    (e.g. ``imagefolder``'s ``image_size``) are recorded so evaluation preprocesses the same way.
     """
     from unirobust.models import build_model
 
@@ -256,6 +258,7 @@ def import_weights(
         "input_shape": list(input_shape),
         "dataset": dataset,
         "data_dir": data_dir,
+        "data_options": data_options or {},
         "imported_from": str(source),
     }
     export_model(out, net, meta)
