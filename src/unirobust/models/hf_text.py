@@ -109,7 +109,21 @@ def load_pretrained(path: str, *, classifier: bool, num_labels: int, attention: 
     return model
 
 
-class TextClassifier(nn.Module):
+class _HeadByName(nn.Module):
+    """The linear head found by its dotted module name (``head_name``), and its input width."""
+
+    head_name: str
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.get_submodule(self.head_name)  # type: ignore[return-value]
+
+    @property
+    def num_features(self) -> int:
+        return self.head.in_features
+
+
+class TextClassifier(_HeadByName):
     """``forward(x) = head(dropout(features(x)))`` on packed tokens (the paper's head)."""
 
     def __init__(
@@ -132,14 +146,6 @@ class TextClassifier(nn.Module):
         nn.init.zeros_(head.bias)
         setattr(self, head_name, head)
 
-    @property
-    def head(self) -> nn.Linear:
-        return self.get_submodule(self.head_name)  # type: ignore[return-value]
-
-    @property
-    def num_features(self) -> int:
-        return self.head.in_features
-
     def features(self, x: Tensor) -> Tensor:
         """φ: the last hidden state at the first (or last non-padding) token."""
         hidden = self.backbone(**hf_inputs(self.backbone, x, self.pooling)).last_hidden_state
@@ -157,7 +163,7 @@ class TextClassifier(nn.Module):
         return eager_attention(self.backbone)
 
 
-class NativeHeadClassifier(nn.Module):
+class NativeHeadClassifier(_HeadByName):
     """A sequence classifier with its stock head; φ is the input of the head's last Linear."""
 
     def __init__(self, network: nn.Module, num_classes: int, pooling: Pooling) -> None:
@@ -173,14 +179,6 @@ class NativeHeadClassifier(nn.Module):
         if not linears:
             raise ConfigError(f"{type(network).__name__} has no Linear with {num_classes} outputs")
         self.head_name = f"network.{linears[-1]}"
-
-    @property
-    def head(self) -> nn.Linear:
-        return self.get_submodule(self.head_name)  # type: ignore[return-value]
-
-    @property
-    def num_features(self) -> int:
-        return self.head.in_features
 
     def features(self, x: Tensor) -> Tensor:
         captured: list[Tensor] = []
