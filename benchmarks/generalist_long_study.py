@@ -7,7 +7,7 @@ The runs themselves come from ``proxy_comparison.py`` (seed-major, two jobs)::
         fmnist-long-generalist-beta1 fmnist-long-generalist-nosync \\
         fmnist-long-generalist-sync-epoch fmnist-long-generalist-paper-wd \\
         fmnist-long-generalist-task-lr fmnist-long-generalist-sync-wide \\
-        fmnist-long-generalist-sync-wide-task-lr --out runs/generalist-long
+        --out runs/generalist-long
     .venv/bin/python benchmarks/generalist_long_study.py
 
 This script reads every finished run (``<recipe>-s<seed>`` with both evaluation summaries) and
@@ -274,7 +274,6 @@ def main() -> None:
         "fmnist-long-generalist-paper-wd",
         "fmnist-long-generalist-task-lr",
         "fmnist-long-generalist-sync-wide",
-        "fmnist-long-generalist-sync-wide-task-lr",
     ]
     results = {r: results[r] for r in order if r in results} | {
         r: v for r, v in results.items() if r not in order
