@@ -162,8 +162,8 @@ def plot_tradeoff(results: dict[str, dict[int, dict[str, Any]]], path: Path) -> 
 
 
 def _seed_mean(per_seed: list[dict[int, float]]) -> tuple[list[int], list[float]]:
-    """Epochs logged by any seed and the mean (in %) over the seeds that logged each (seed 0 of
-    the study logged members every 3 epochs, before the recipe moved to every epoch)."""
+    """Epochs logged by any seed and the mean (in %) over the seeds that logged each (some early
+    runs logged members every 3 epochs, before the recipe moved to every epoch)."""
     epochs = sorted({e for series in per_seed for e in series})
     means = [100 * statistics.mean(x[e] for x in per_seed if e in x) for e in epochs]
     return epochs, means
