@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from unirobust.experts.ema_mix import is_sync_epoch, sync_schedule
+from unirobust.experts.ema_mix import sync_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +51,14 @@ def _epochs(run: Path) -> list[dict[str, Any]]:
 def _sync_epochs(config: dict[str, Any]) -> list[int]:
     """The epochs in which the run synced its experts (none without an ``ema_mix`` merge)."""
     merge = (config.get("train") or {}).get("merge") or {}
-    if merge.get("name") != "ema_mix" or merge.get("sync_mode") == "off":
+    if merge.get("name") != "ema_mix":
         return []
-    epochs = config["train"]["epochs"]
-    start, interval = sync_schedule(epochs, merge.get("sync_start"), merge.get("sync_interval"))
-    return [e for e in range(1, epochs + 1) if is_sync_epoch(e, start, interval)]
+    return sync_epochs(
+        config["train"]["epochs"],
+        merge.get("sync_start"),
+        merge.get("sync_interval"),
+        merge.get("sync_mode", "every_iteration"),
+    )
 
 
 def collect(out: Path) -> tuple[dict[str, dict[int, dict[str, Any]]], list[str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unirobust.config import load_recipe
-from unirobust.experts.ema_mix import is_sync_epoch, sync_schedule
+from unirobust.experts.ema_mix import sync_epochs
 
 FAMILY = Path(__file__).parents[1] / "recipes" / "proxy" / "generalist-long"
 GENERALIST = sorted(p for p in FAMILY.glob("fmnist-long-generalist*.yaml"))
@@ -23,10 +23,7 @@ PAPER_EMA_HORIZON_EPOCHS = 1 / (1 - 0.999) / 391  # 1000 iterations of 391 per e
 def _syncs(path: Path) -> list[int]:
     config = load_recipe(path)
     merge = config.train.merge
-    if merge.sync_mode == "off":
-        return []
-    start, interval = sync_schedule(config.train.epochs, merge.sync_start, merge.sync_interval)
-    return [e for e in range(1, config.train.epochs + 1) if is_sync_epoch(e, start, interval)]
+    return sync_epochs(config.train.epochs, merge.sync_start, merge.sync_interval, merge.sync_mode)
 
 
 @pytest.mark.parametrize("path", GENERALIST, ids=lambda p: p.stem)

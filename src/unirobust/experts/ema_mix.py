@@ -86,6 +86,20 @@ def is_sync_epoch(epoch: int, start: int, interval: int) -> bool:
     return epoch >= start and (epoch - start) % interval == 0
 
 
+def sync_epochs(
+    epochs: int,
+    sync_start: int | None = None,
+    sync_interval: int | None = None,
+    sync_mode: str = "every_iteration",
+) -> list[int]:
+    """The 1-based epochs in which a run of ``epochs`` epochs syncs (none for ``sync_mode: off``),
+    for reports and studies that show the schedule (issue 12)."""
+    if sync_mode == "off":
+        return []
+    start, interval = sync_schedule(epochs, sync_start, sync_interval)
+    return [e for e in range(1, epochs + 1) if is_sync_epoch(e, start, interval)]
+
+
 def check_mix_weights(weights: Sequence[Any], epochs: int, tol: float = WEIGHT_TOL) -> None:
     """§3.3: each ``w_k`` in [0, 1] and ``sum_k w_k = 1`` (within ``tol``), else ``ConfigError``.
 
